@@ -1,0 +1,227 @@
+//! The command line: raw flags (clap derive; each `///` is its `--help` text) and their
+//! translation into a validated [`Config`].
+
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_LISTEN, DEFAULT_MAX_PENDING, Mode};
+
+/// A single-threaded, readiness-based TCP echo server (RFC 862) on a mio Poll loop.
+#[derive(Debug, Parser)]
+#[command(name = "echod", version, about)]
+pub struct Args {
+    /// Address to listen on, HOST:PORT; repeatable. A host name is resolved and every
+    /// address it yields is bound ("localhost" means 127.0.0.1 and ::1).
+    /// Use [::]:PORT for every interface, IPv4 and IPv6 alike.
+    #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: Vec<String>,
+
+    /// Make [::] listeners IPv6 only (by default they also accept IPv4 clients).
+    #[arg(long)]
+    pub ipv6_only: bool,
+
+    /// Length of the kernel's queue of connections waiting for accept.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub backlog: u32,
+
+    /// Unsent output one connection may hold; at the cap echod stops reading from it until
+    /// the client catches up (TCP flow control then slows the client). Suffixes K, M, G.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PENDING, value_parser = parse_bytes)]
+    pub max_pending: usize,
+
+    /// Cap on all connections' unsent output together; above it, the connections owing
+    /// the most stop being read until it falls. Default: no global cap.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub max_pending_total: Option<usize>,
+
+    /// Connections open at once; more are accepted and closed at once.
+    /// Default: the descriptor limit minus a small reserve.
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub max_connections: Option<usize>,
+
+    /// Connections open at once from one IP address; more are accepted and closed.
+    /// Default: no per-address cap.
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Close a connection that has sent nothing and is owed nothing for this long.
+    /// Default: never.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub idle_timeout: Option<Duration>,
+
+    /// Close a connection whose unsent output has not moved for this long (a client that
+    /// sends but never reads). Default: never.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub stall_timeout: Option<Duration>,
+
+    /// On SIGINT/SIGTERM (or a stop request), how long to keep flushing owed output before closing anyway.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds,
+          default_value = "5")]
+    pub shutdown_timeout: Duration,
+
+    /// What to do with what clients send: echo it back, answer "Got it!" per read, or
+    /// discard it (RFC 863).
+    #[arg(long, value_enum, default_value_t = ModeArg::Echo)]
+    pub mode: ModeArg,
+
+    /// Print what is heard to stdout as `Server heard "…" from PEER` (costs a write per read).
+    #[arg(long)]
+    pub print: bool,
+
+    /// Log a line of counters this often. Default: only at exit and on SIGUSR1.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub stats_interval: Option<Duration>,
+
+    /// Write stats lines as one JSON object each, on stdout.
+    #[arg(long)]
+    pub stats_json: bool,
+
+    /// More logging: -v for each connection, -vv for every readiness event. RUST_LOG wins.
+    #[arg(short, long, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less logging: -q for warnings only, -qq for errors only. RUST_LOG wins.
+    #[arg(short, long, action = ArgAction::Count)]
+    pub quiet: u8,
+}
+
+/// `--mode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Send every byte back (RFC 862).
+    Echo,
+    /// Reply "Got it!" for every chunk read, as the tutorial's server does.
+    Ack,
+    /// Read and drop (RFC 863).
+    Discard,
+}
+
+impl Args {
+    /// The log filter `-v`/`-q` ask for (used when `RUST_LOG` is not set). Verbosity is
+    /// raised for echod alone: mio's own trace lines would drown the loop's narration.
+    pub fn log_filter(&self) -> &'static str {
+        match (self.verbose, self.quiet) {
+            (0, 0) => "info",
+            (1, _) => "info,echod=debug",
+            (v, _) if v >= 2 => "info,echod=trace",
+            (_, 1) => "warn",
+            _ => "error",
+        }
+    }
+
+    /// The validated configuration; `descriptor_limit` sets `--max-connections`' default.
+    pub fn into_config(self, descriptor_limit: Option<u64>) -> Config {
+        let max_connections = self.max_connections.unwrap_or_else(|| {
+            descriptor_limit.map_or(usize::MAX, crate::fdlimit::default_max_connections)
+        });
+        Config {
+            listen: self.listen,
+            ipv6_only: self.ipv6_only,
+            backlog: self.backlog,
+            max_pending: self.max_pending,
+            max_pending_total: self.max_pending_total,
+            max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            idle_timeout: self.idle_timeout,
+            stall_timeout: self.stall_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            mode: match self.mode {
+                ModeArg::Echo => Mode::Echo,
+                ModeArg::Ack => Mode::Ack,
+                ModeArg::Discard => Mode::Discard,
+            },
+            print: self.print,
+            stats_interval: self.stats_interval,
+            stats_json: self.stats_json,
+            handle_signals: true,
+            ..Config::default()
+        }
+    }
+}
+
+/// `1500`, `64K`, `1M`, `2G` (powers of 1024); at least 1.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let scale: usize = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return Err(format!("'{text}' is not a size (e.g. 65536, 64K, 1M)")),
+    };
+    let value: usize = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 65536, 64K, 1M)"))?;
+    match value.checked_mul(scale) {
+        Some(0) => Err("must be at least 1 byte".to_string()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("'{text}' is too large")),
+    }
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{text}' is not a whole number")),
+    }
+}
+
+/// Seconds, fractions allowed (`0.5`); more than zero.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 1e9) {
+        return Err("must be more than 0 seconds (and not absurdly many)".to_string());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_config_constants() {
+        let args = Args::parse_from(["echod"]);
+        let config = args.into_config(None);
+        assert_eq!(config.listen, vec![DEFAULT_LISTEN.to_string()]);
+        assert_eq!(config.backlog, DEFAULT_BACKLOG);
+        assert_eq!(config.max_pending, DEFAULT_MAX_PENDING);
+        assert_eq!(
+            config.shutdown_timeout,
+            crate::config::DEFAULT_SHUTDOWN_TIMEOUT
+        );
+        assert_eq!(config.mode, Mode::Echo);
+    }
+
+    #[test]
+    fn sizes_and_seconds_parse() {
+        assert_eq!(parse_bytes("64K"), Ok(65536));
+        assert_eq!(parse_bytes("1m"), Ok(1 << 20));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("12Q").is_err());
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("-1").is_err());
+    }
+
+    #[test]
+    fn max_connections_defaults_to_the_descriptor_limit_less_a_reserve() {
+        let config = Args::parse_from(["echod"]).into_config(Some(1024));
+        assert_eq!(config.max_connections, 1024 - 32);
+    }
+}

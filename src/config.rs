@@ -1,0 +1,113 @@
+//! The validated settings a [`Server`](crate::Server) runs with, and their defaults.
+//!
+//! The command line (`cli.rs`) turns raw flags into a [`Config`]; tests build one directly.
+//! Every default is a `pub const` here so that `--help`, the README and the tests agree.
+
+use std::time::Duration;
+
+/// Where echod listens when no `--listen` is given: loopback only, never exposed.
+pub const DEFAULT_LISTEN: &str = "localhost:50007";
+/// Connections the kernel may queue before `accept` (mio's own default is only 128).
+pub const DEFAULT_BACKLOG: u32 = 1024;
+/// Unsent output one connection may hold before echod stops reading from it.
+pub const DEFAULT_MAX_PENDING: usize = 64 * 1024;
+/// Size of the one read buffer the whole loop shares.
+pub const READ_BUFFER_SIZE: usize = 64 * 1024;
+/// Bytes read from one connection per turn of the loop before the others get their go.
+pub const DEFAULT_READ_BUDGET: usize = 256 * 1024;
+/// Connections accepted per listener per turn before existing clients get their go.
+pub const DEFAULT_ACCEPT_BUDGET: usize = 128;
+/// How long a graceful stop waits for pending output to drain.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Descriptors kept back from `--max-connections`' default for listeners, the poll
+/// instance, signals, logging and the spare descriptor used to turn clients away.
+pub const DESCRIPTOR_RESERVE: u64 = 32;
+
+/// What the server does with the bytes it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// RFC 862: every byte goes back to its sender, in order, untouched.
+    #[default]
+    Echo,
+    /// The tutorial's server: answer `Got it!` for every chunk read.
+    Ack,
+    /// RFC 863: read and drop.
+    Discard,
+}
+
+/// The reply an [`Mode::Ack`] server sends for every chunk it reads.
+pub const ACK_REPLY: &[u8] = b"Got it!";
+
+/// Everything a [`Server`](crate::Server) needs to know, already validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `HOST:PORT` strings; each is resolved and every resolved address is bound.
+    pub listen: Vec<String>,
+    /// Whether a wildcard IPv6 listener (`[::]`) refuses IPv4 clients.
+    pub ipv6_only: bool,
+    /// `listen(2)` backlog.
+    pub backlog: u32,
+    /// Cap on one connection's unsent output, in bytes (at least 1).
+    pub max_pending: usize,
+    /// Cap on all connections' unsent output together, in bytes (`None`: no global cap).
+    pub max_pending_total: Option<usize>,
+    /// Bytes read from one connection per turn before it yields to the others.
+    pub read_budget: usize,
+    /// Accepts per listener per turn before existing connections are served.
+    pub accept_budget: usize,
+    /// Connections open at once; one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// Connections open at once from one peer IP address (`None`: no cap).
+    pub max_connections_per_ip: Option<usize>,
+    /// Close a connection that has sent nothing and owes nothing for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection whose pending output has not moved for this long.
+    pub stall_timeout: Option<Duration>,
+    /// How long a graceful stop waits for pending output to drain.
+    pub shutdown_timeout: Duration,
+    /// What to do with bytes read.
+    pub mode: Mode,
+    /// Print what is heard to stdout, as the tutorial servers do.
+    pub print: bool,
+    /// Log a stats line this often (`None`: only at exit and on SIGUSR1).
+    pub stats_interval: Option<Duration>,
+    /// Stats lines as one JSON object each instead of `key=value` text.
+    pub stats_json: bool,
+    /// Handle SIGINT/SIGTERM (graceful stop) and SIGUSR1 (log stats) in the loop.
+    /// The binary turns this on; an in-process test server leaves it off.
+    pub handle_signals: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![DEFAULT_LISTEN.to_string()],
+            ipv6_only: false,
+            backlog: DEFAULT_BACKLOG,
+            max_pending: DEFAULT_MAX_PENDING,
+            max_pending_total: None,
+            read_budget: DEFAULT_READ_BUDGET,
+            accept_budget: DEFAULT_ACCEPT_BUDGET,
+            max_connections: usize::MAX,
+            max_connections_per_ip: None,
+            idle_timeout: None,
+            stall_timeout: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            mode: Mode::Echo,
+            print: false,
+            stats_interval: None,
+            stats_json: false,
+            handle_signals: false,
+        }
+    }
+}
+
+impl Config {
+    /// A config that listens on the given addresses with every other setting at its default.
+    pub fn listening_on<S: Into<String>>(addrs: impl IntoIterator<Item = S>) -> Self {
+        Config {
+            listen: addrs.into_iter().map(Into::into).collect(),
+            ..Config::default()
+        }
+    }
+}

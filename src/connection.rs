@@ -1,0 +1,393 @@
+//! One client connection and the small state machine that serves it.
+//!
+//! The loop calls [`Connection::serve`] whenever `poll` says the socket is ready (or when it
+//! comes back to a connection it had to leave early). `serve` follows the rules of
+//! readiness-based I/O:
+//!
+//! 1. **Flush first.** Bytes already owed go out before anything newly read, so order holds.
+//! 2. **Drain.** Under edge triggering no new event arrives until the socket has said
+//!    `WouldBlock`, so read until then, retrying `Interrupted`. Stopping early (the budget
+//!    or the pending cap) is allowed only if the connection *remembers* it owes a read
+//!    ([`Connection::owes_read`]) and the loop comes back.
+//! 3. **Write straight back.** What a read returns is written at once from the loop's
+//!    shared buffer; only what the socket will not take is copied into [`PendingOutput`].
+//! 4. **Interest follows state.** [`Connection::desired_interest`] derives it in one place;
+//!    the loop re-registers only when it changes (WRITABLE only while something is owed).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+
+use log::{debug, trace};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use crate::config::{ACK_REPLY, Mode};
+use crate::pending::PendingOutput;
+use crate::print::print_heard;
+use crate::stats::{CloseReason, Stats};
+use crate::timers::Links;
+
+/// What `poll` said about a socket, or nothing at all when the loop revisits it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ready {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer sent FIN (EPOLLRDHUP): data may still be queued before the EOF.
+    pub read_closed: bool,
+    pub error: bool,
+}
+
+impl Ready {
+    pub(crate) fn from_event(event: &mio::event::Event) -> Self {
+        Ready {
+            readable: event.is_readable(),
+            writable: event.is_writable(),
+            read_closed: event.is_read_closed(),
+            error: event.is_error(),
+        }
+    }
+}
+
+/// The limits a turn of `serve` works within, set by the loop.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// `--max-pending`: reading stops while this much is owed.
+    pub max_pending: usize,
+    /// Bytes to read before yielding to other connections.
+    pub read_budget: usize,
+    /// Stop reading connections owing at least this much (the global cap is exceeded).
+    pub global_pause_at: Option<usize>,
+    /// False once the server is stopping: flush what is owed, read nothing new.
+    pub reading_allowed: bool,
+    pub mode: Mode,
+    pub print: bool,
+}
+
+/// What the loop must do with a connection after serving it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Still open. `come_back` is true when it stopped reading early for the budget and so
+    /// will get no new event for data already queued: the loop must revisit it next turn.
+    Open { come_back: bool },
+    /// Done: the loop closes it at the end of this turn.
+    Finished(CloseReason),
+}
+
+/// Why a read loop stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadStop {
+    /// `WouldBlock` (or a short read): nothing more until the next event.
+    Drained,
+    /// The client sent EOF.
+    Eof,
+    /// Owing `--max-pending` (or paused by the global cap): resumes as output drains.
+    Backpressure,
+    /// Read its share for this turn; more may be queued.
+    Budget,
+}
+
+/// One client.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    /// The non-blocking socket, registered with the loop's `Poll` under this slab key.
+    socket: TcpStream,
+    /// Who the client is, as shown in logs (IPv4-mapped addresses already unmapped).
+    pub(crate) peer: SocketAddr,
+    /// Bytes read but not yet written back.
+    pending: PendingOutput,
+    /// The client sent EOF; nothing more will be read.
+    read_eof: bool,
+    /// Sticky record that the peer half-closed (EPOLLRDHUP seen). While set, a short read
+    /// is not taken as "drained": the EOF behind it must still be read (see `read_some`).
+    peer_half_closed: bool,
+    /// Reading stopped before `WouldBlock`; under edge triggering nobody else will say so.
+    owes_read: bool,
+    /// What the socket is registered for now, to re-register only on change.
+    pub(crate) registered: Interest,
+    /// Set once the connection is finished; the loop closes it at the end of the turn and
+    /// ignores any further event for it in the same batch.
+    pub(crate) closing: Option<CloseReason>,
+    /// Bytes read from this client.
+    pub(crate) bytes_in: u64,
+    /// Bytes written to this client.
+    pub(crate) bytes_out: u64,
+    /// Places in the loop's idle and stall lists (see `timers.rs`).
+    pub(crate) links: Links,
+}
+
+impl Connection {
+    pub(crate) fn new(socket: TcpStream, peer: SocketAddr) -> Self {
+        Connection {
+            socket,
+            peer,
+            pending: PendingOutput::default(),
+            read_eof: false,
+            peer_half_closed: false,
+            owes_read: false,
+            registered: Interest::READABLE,
+            closing: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            links: Links::default(),
+        }
+    }
+
+    pub(crate) fn socket_mut(&mut self) -> &mut TcpStream {
+        &mut self.socket
+    }
+
+    /// Bytes owed to the client now.
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Reading stopped early and must be resumed by the loop, not by an event.
+    pub(crate) fn owes_read(&self) -> bool {
+        self.owes_read
+    }
+
+    /// READABLE while it may read, WRITABLE while something is owed: the one place interest
+    /// is decided. (Never empty: mio needs at least one interest, and READABLE also brings
+    /// the hang-up and error reports.)
+    pub(crate) fn desired_interest(&self, limits: &Limits) -> Interest {
+        let wants_read = limits.reading_allowed && !self.read_eof && self.read_room(limits) > 0;
+        match (wants_read, !self.pending.is_empty()) {
+            (_, false) => Interest::READABLE,
+            (true, true) => Interest::READABLE | Interest::WRITABLE,
+            (false, true) => Interest::WRITABLE,
+        }
+    }
+
+    /// Serves one readiness event (or a revisit, with `ready` all false).
+    pub(crate) fn serve(
+        &mut self,
+        token: Token,
+        ready: Ready,
+        scratch: &mut [u8],
+        limits: &Limits,
+        stats: &mut Stats,
+    ) -> Outcome {
+        match self.serve_inner(token, ready, scratch, limits, stats) {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                let reason = classify(&err);
+                debug!(
+                    "{} token {}: {}: {err}",
+                    self.peer,
+                    token.0,
+                    reason.as_str()
+                );
+                Outcome::Finished(reason)
+            }
+        }
+    }
+
+    fn serve_inner(
+        &mut self,
+        token: Token,
+        ready: Ready,
+        scratch: &mut [u8],
+        limits: &Limits,
+        stats: &mut Stats,
+    ) -> io::Result<Outcome> {
+        if ready.error
+            && let Some(err) = self.socket.take_error()?
+        {
+            return Err(err);
+        }
+        if ready.read_closed {
+            self.peer_half_closed = true;
+        }
+        if ready.writable && !self.pending.is_empty() {
+            self.flush(token, stats)?;
+        }
+        let mut come_back = false;
+        let may_read = ready.readable || ready.read_closed || self.owes_read;
+        if may_read && limits.reading_allowed && !self.read_eof {
+            match self.read_some(token, scratch, limits, stats)? {
+                ReadStop::Budget => come_back = true,
+                ReadStop::Drained | ReadStop::Eof | ReadStop::Backpressure => {}
+            }
+        }
+        if self.pending.is_empty() && (self.read_eof || !limits.reading_allowed) {
+            // Everything owed has gone out: the half-close handshake's second half.
+            self.shut_down_writes(token);
+            let reason = if self.read_eof {
+                CloseReason::Eof
+            } else {
+                CloseReason::Shutdown
+            };
+            return Ok(Outcome::Finished(reason));
+        }
+        Ok(Outcome::Open { come_back })
+    }
+
+    /// How many bytes the next read may take without breaking a memory cap.
+    fn read_room(&self, limits: &Limits) -> usize {
+        let owed = self.pending.len();
+        if limits
+            .global_pause_at
+            .is_some_and(|at| owed > 0 && owed >= at)
+        {
+            return 0;
+        }
+        match limits.mode {
+            // Whatever is read may end up owed, so read no more than the cap leaves.
+            Mode::Echo => limits.max_pending.saturating_sub(owed),
+            // Each read owes one fixed reply, whatever its size.
+            Mode::Ack if owed == 0 || owed + ACK_REPLY.len() <= limits.max_pending => usize::MAX,
+            Mode::Ack => 0,
+            Mode::Discard => usize::MAX,
+        }
+    }
+
+    /// Reads until the socket is drained, the client's EOF, the cap, or the budget.
+    fn read_some(
+        &mut self,
+        token: Token,
+        scratch: &mut [u8],
+        limits: &Limits,
+        stats: &mut Stats,
+    ) -> io::Result<ReadStop> {
+        let mut budget = limits.read_budget;
+        loop {
+            let room = self.read_room(limits).min(scratch.len());
+            if room == 0 {
+                trace!(
+                    "token {}: pause reading, {} bytes owed",
+                    token.0,
+                    self.pending.len()
+                );
+                self.owes_read = true;
+                return Ok(ReadStop::Backpressure);
+            }
+            if budget == 0 {
+                trace!("token {}: read budget spent, yield", token.0);
+                self.owes_read = true;
+                return Ok(ReadStop::Budget);
+            }
+            let n = match self.socket.read(&mut scratch[..room]) {
+                Ok(0) => {
+                    trace!("token {}: read EOF", token.0);
+                    self.read_eof = true;
+                    self.owes_read = false;
+                    return Ok(ReadStop::Eof);
+                }
+                Ok(n) => n,
+                Err(err) if would_block(&err) => {
+                    trace!("token {}: read WouldBlock", token.0);
+                    self.owes_read = false;
+                    return Ok(ReadStop::Drained);
+                }
+                Err(err) if interrupted(&err) => continue,
+                Err(err) => return Err(err),
+            };
+            trace!("token {}: read {n} bytes", token.0);
+            self.bytes_in += n as u64;
+            stats.bytes_in += n as u64;
+            budget = budget.saturating_sub(n);
+            if limits.print {
+                print_heard(self.peer, &scratch[..n]);
+            }
+            match limits.mode {
+                Mode::Echo => self.send(token, &scratch[..n], stats)?,
+                Mode::Ack => self.send(token, ACK_REPLY, stats)?,
+                Mode::Discard => {}
+            }
+            // The short-read shortcut: a stream socket's read returns less than asked only
+            // when its receive queue ran dry, and data arriving later raises a fresh edge.
+            // Skipping the confirming read that would say WouldBlock saves one syscall per
+            // message. The exception is a FIN that came with the data: its edge is the one
+            // being handled now, so `peer_half_closed` (sticky) sends us on to read the EOF.
+            if n < room && !self.peer_half_closed {
+                self.owes_read = false;
+                return Ok(ReadStop::Drained);
+            }
+        }
+    }
+
+    /// Writes `bytes` now if nothing is owed ahead of them; queues what the socket refuses.
+    fn send(&mut self, token: Token, bytes: &[u8], stats: &mut Stats) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            // Older bytes are still waiting for WRITABLE: these go behind them.
+            self.pending.push(bytes);
+            return Ok(());
+        }
+        let mut written = 0;
+        while written < bytes.len() {
+            match self.socket.write(&bytes[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    trace!("token {}: wrote {n} bytes", token.0);
+                    written += n;
+                }
+                Err(err) if would_block(&err) => {
+                    trace!("token {}: write WouldBlock", token.0);
+                    break;
+                }
+                Err(err) if interrupted(&err) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        self.bytes_out += written as u64;
+        stats.bytes_out += written as u64;
+        if written < bytes.len() {
+            self.pending.push(&bytes[written..]);
+            trace!("token {}: {} bytes now owed", token.0, self.pending.len());
+        }
+        Ok(())
+    }
+
+    /// Writes owed bytes until none are left or the socket is full.
+    fn flush(&mut self, token: Token, stats: &mut Stats) -> io::Result<()> {
+        while !self.pending.is_empty() {
+            match self.socket.write(self.pending.unsent()) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    trace!("token {}: flushed {n} owed bytes", token.0);
+                    self.pending.consume(n);
+                    self.bytes_out += n as u64;
+                    stats.bytes_out += n as u64;
+                }
+                Err(err) if would_block(&err) => {
+                    trace!(
+                        "token {}: flush WouldBlock, {} bytes still owed",
+                        token.0,
+                        self.pending.len()
+                    );
+                    return Ok(());
+                }
+                Err(err) if interrupted(&err) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends our FIN. Failure only means the peer is already gone, which closing handles.
+    fn shut_down_writes(&mut self, token: Token) {
+        if let Err(err) = self.socket.shutdown(Shutdown::Write) {
+            trace!("token {}: shutdown(Write): {err}", token.0);
+        }
+    }
+}
+
+/// Reset-like errors are the client leaving; anything else is a genuine error.
+fn classify(err: &io::Error) -> CloseReason {
+    match err.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::NotConnected
+        | io::ErrorKind::TimedOut => CloseReason::Reset,
+        _ => CloseReason::Error,
+    }
+}
+
+pub(crate) fn would_block(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::WouldBlock
+}
+
+pub(crate) fn interrupted(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Interrupted
+}

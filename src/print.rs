@@ -1,0 +1,39 @@
+//! `--print`: say what was heard on stdout, as the tutorial servers do.
+//!
+//! Off by default: it costs a write to stdout per message read.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// `Server heard "…" from PEER`: bytes decoded lossily, control characters, quotes and
+/// backslashes escaped, so binary input cannot garble the terminal.
+pub(crate) fn print_heard(peer: SocketAddr, bytes: &[u8]) {
+    let line = format!("Server heard \"{}\" from {peer}\n", escape(bytes));
+    // A closed stdout must not take the server down with it: the echo goes on regardless.
+    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+}
+
+/// Lossy UTF-8 with `escape_debug` applied, minus its escaping of `'` (we quote with `"`).
+pub(crate) fn escape(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| match c {
+            '\'' => "'".to_string(),
+            c => c.escape_debug().to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escapes_control_bytes_and_keeps_unicode() {
+        assert_eq!(
+            escape("汉语 it's\r\n\"x\"".as_bytes()),
+            "汉语 it's\\r\\n\\\"x\\\""
+        );
+        assert_eq!(escape(&[0x00, 0xff, b'a']), "\\0\u{fffd}a");
+    }
+}

@@ -1,0 +1,807 @@
+//! The event loop: one thread, one `mio::Poll`, one slab of connections.
+//!
+//! Each turn of [`Server::run`] is the same fixed list of phases:
+//!
+//! 1. **timeout**: how long `poll` may sleep: zero if work was left over, else until the
+//!    nearest deadline (idle, stall, shutdown, stats, accept retry), else forever.
+//! 2. **poll**: wait for readiness events.
+//! 3. **dispatch**: each event goes to its listener (accept), the waker (stop request),
+//!    the signal pipe, or its connection (serve). Connections that finish are only *marked*.
+//! 4. **revisit**: listeners and connections that stopped early last turn (accept or read
+//!    budget spent) are served again; under edge triggering nothing else would wake them.
+//! 5. **timers**: close connections whose idle or stall clock ran out.
+//! 6. **close**: marked connections leave the slab. Doing it last means no slab key is
+//!    reused within a batch, so a stale event can never reach a new connection.
+//! 7. **housekeeping**: periodic stats, shutdown progress.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, trace, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::config::{Config, READ_BUFFER_SIZE};
+use crate::connection::{Connection, Limits, Outcome, Ready, interrupted, would_block};
+use crate::handle::{Request, ServerHandle};
+use crate::listen::{bind_all, canonical};
+use crate::stats::{CloseReason, RejectReason, Stats};
+use crate::timers::{DeadlineList, Which};
+
+/// The waker's token: the top of the token space, far above any slab key.
+const WAKER: Token = Token(usize::MAX);
+/// The signal pipe's token.
+const SIGNALS: Token = Token(usize::MAX - 1);
+/// Listener `i` has token `FIRST_LISTENER - i`; slab keys (connections) stay below.
+const FIRST_LISTENER: usize = usize::MAX - 2;
+/// Slab keys must stay below this so they never collide with the named tokens.
+const MAX_LISTENERS: usize = 1024;
+/// Readiness events taken from the kernel per `poll`.
+const EVENTS_PER_POLL: usize = 1024;
+/// How soon to try `accept` again after it failed for want of descriptors or memory.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Repeated warnings (rejections, accept errors) are logged at most this often.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A bound echo server, ready to [`run`](Server::run).
+///
+/// ```no_run
+/// let server = echod::Server::bind(echod::Config::listening_on(["127.0.0.1:0"]))?;
+/// println!("listening on {:?}", server.local_addrs());
+/// let handle = server.handle();
+/// std::thread::spawn(move || handle.stop());
+/// let stats = server.run()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    config: Config,
+    handle: ServerHandle,
+    inbox: Receiver<Request>,
+    /// Keeps the waker registered for as long as the server lives.
+    _waker: Arc<Waker>,
+}
+
+/// A listening socket and the address it actually got (port 0 becomes a real port).
+struct Listener {
+    socket: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Resolves and binds every `--listen` address and registers them with a new `Poll`.
+    /// An error names the address that failed and what the OS said.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let sockets = bind_all(&config.listen, config.backlog, config.ipv6_only)
+            .map_err(|err| io::Error::new(err.source.kind(), err.to_string()))?;
+        if sockets.len() > MAX_LISTENERS {
+            return Err(io::Error::other(format!(
+                "too many listening addresses ({}, at most {MAX_LISTENERS})",
+                sockets.len()
+            )));
+        }
+        let mut listeners = Vec::with_capacity(sockets.len());
+        for (index, mut socket) in sockets.into_iter().enumerate() {
+            let addr = socket.local_addr()?;
+            poll.registry()
+                .register(&mut socket, listener_token(index), Interest::READABLE)?;
+            info!("listening on {addr}");
+            listeners.push(Listener { socket, addr });
+        }
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (handle, inbox) = ServerHandle::new(Arc::clone(&waker));
+        Ok(Server {
+            poll,
+            listeners,
+            config,
+            handle,
+            inbox,
+            _waker: waker,
+        })
+    }
+
+    /// The addresses actually bound, in `--listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.addr).collect()
+    }
+
+    /// A handle to stop the loop, or read its counters, from another thread.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Serves on the calling thread until stopped; returns the final counters.
+    ///
+    /// Only a failure of `poll` itself (or of setting up signal handling) ends it with an
+    /// error: whatever a client does affects that client's connection alone.
+    pub fn run(self) -> io::Result<Stats> {
+        let mut event_loop = EventLoop::new(self)?;
+        event_loop.run()?;
+        info!("exiting: {}", event_loop.stats.to_text());
+        Ok(event_loop.stats)
+    }
+}
+
+fn listener_token(index: usize) -> Token {
+    Token(FIRST_LISTENER - index)
+}
+
+/// Whether the loop is serving or on its way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Stopped accepting and reading; flushing what is owed until the deadline.
+    Draining {
+        deadline: Instant,
+    },
+}
+
+/// Everything the running loop owns.
+struct EventLoop {
+    poll: Poll,
+    /// Listening sockets; emptied (closed) when shutdown begins.
+    listeners: Vec<Listener>,
+    config: Config,
+    /// Every open connection; the slab key is the connection's `Token`.
+    connections: Slab<Connection>,
+    /// The one read buffer the whole loop shares: no buffer per connection or message.
+    scratch: Box<[u8]>,
+    stats: Stats,
+    /// Tokens (connections and listeners) to serve again next turn because they stopped
+    /// before `WouldBlock`; filled during a turn, taken at the next turn's revisit phase.
+    revisit: Vec<Token>,
+    /// Keys of connections marked finished this turn, closed in the close phase.
+    to_close: Vec<usize>,
+    /// Connections by time of last activity (only maintained with `--idle-timeout`).
+    idle: DeadlineList,
+    /// Connections owing output, by time of last write progress (`--stall-timeout`).
+    stall: DeadlineList,
+    /// Open connections per peer address (only maintained with a per-IP cap).
+    per_ip: HashMap<IpAddr, usize>,
+    /// A descriptor held in reserve: when `accept` fails for want of descriptors it is
+    /// closed so the queued clients can be accepted and closed (told) rather than left
+    /// hanging in the backlog, then reopened.
+    spare_descriptor: Option<File>,
+    /// Listeners are retried at this time after `accept` failed for want of resources:
+    /// with edge triggering, connections already queued raise no new event.
+    accept_retry_at: Option<Instant>,
+    phase: Phase,
+    /// Requests from [`ServerHandle`]s, announced by the waker.
+    inbox: Receiver<Request>,
+    signals: Option<Signals>,
+    next_stats_at: Option<Instant>,
+    /// Read once per turn, right after `poll`: the only clock the loop consults.
+    now: Instant,
+    reject_warnings: RateLimit,
+    accept_warnings: RateLimit,
+    /// Keeps the waker registered for the loop's lifetime.
+    _waker: Arc<Waker>,
+}
+
+impl EventLoop {
+    fn new(server: Server) -> io::Result<Self> {
+        let Server {
+            poll,
+            listeners,
+            config,
+            handle: _,
+            inbox,
+            _waker,
+        } = server;
+        let signals = if config.handle_signals {
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])?;
+            poll.registry()
+                .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
+        let now = Instant::now();
+        Ok(EventLoop {
+            poll,
+            listeners,
+            next_stats_at: config.stats_interval.map(|every| now + every),
+            config,
+            connections: Slab::new(),
+            scratch: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
+            stats: Stats::default(),
+            revisit: Vec::new(),
+            to_close: Vec::new(),
+            idle: DeadlineList::new(Which::Idle),
+            stall: DeadlineList::new(Which::Stall),
+            per_ip: HashMap::new(),
+            spare_descriptor: File::open("/dev/null").ok(),
+            accept_retry_at: None,
+            phase: Phase::Serving,
+            inbox,
+            signals,
+            now,
+            reject_warnings: RateLimit::default(),
+            accept_warnings: RateLimit::default(),
+            _waker,
+        })
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        // Kept outside `self` so dispatch can read the events while serving through `&mut self`.
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        loop {
+            let timeout = self.poll_timeout();
+            trace!("poll (timeout {timeout:?})");
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if interrupted(&err) {
+                    continue;
+                }
+                return Err(err);
+            }
+            self.now = Instant::now();
+            self.stats.loop_iterations += 1;
+            if self.dispatch_events(&events) == Flow::Exit {
+                self.close_all(CloseReason::Shutdown);
+                return Ok(());
+            }
+            self.revisit_capped();
+            self.expire_timers();
+            self.close_finished();
+            if self.housekeeping() == Flow::Exit {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Phase 1: sleep no later than the nearest deadline; not at all if work is waiting.
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.revisit.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let idle = self.config.idle_timeout.and_then(|timeout| {
+            self.idle
+                .oldest(&mut self.connections)
+                .map(|(_, since)| since + timeout)
+        });
+        let stall = self.config.stall_timeout.and_then(|timeout| {
+            self.stall
+                .oldest(&mut self.connections)
+                .map(|(_, since)| since + timeout)
+        });
+        let shutdown = match self.phase {
+            Phase::Draining { deadline } => Some(deadline),
+            Phase::Serving => None,
+        };
+        let nearest = [
+            idle,
+            stall,
+            shutdown,
+            self.next_stats_at,
+            self.accept_retry_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        // Round up to whole milliseconds (epoll's unit) so we never wake a hair too early
+        // and spin on a deadline that has not quite arrived.
+        let wait = nearest.saturating_duration_since(Instant::now());
+        Some(Duration::from_millis(wait.as_micros().div_ceil(1000) as u64))
+    }
+
+    /// Phase 3: hand each event to whoever owns its token.
+    fn dispatch_events(&mut self, events: &Events) -> Flow {
+        for event in events {
+            let (token, ready) = (event.token(), Ready::from_event(event));
+            self.stats.events += 1;
+            trace!(
+                "event {}: readable={} writable={} read_closed={} error={}",
+                TokenName(token),
+                ready.readable,
+                ready.writable,
+                ready.read_closed,
+                ready.error
+            );
+            let flow = match token {
+                WAKER => self.on_requests(),
+                SIGNALS => self.on_signals(),
+                Token(t) if t > FIRST_LISTENER - MAX_LISTENERS => {
+                    self.accept_from(FIRST_LISTENER - t);
+                    Flow::Continue
+                }
+                Token(key) => {
+                    self.serve_connection(key, ready);
+                    Flow::Continue
+                }
+            };
+            if flow == Flow::Exit {
+                return Flow::Exit;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Phase 4: come back to whoever stopped early last turn.
+    fn revisit_capped(&mut self) {
+        let tokens = std::mem::take(&mut self.revisit);
+        for token in &tokens {
+            match token.0 {
+                t if t > FIRST_LISTENER - MAX_LISTENERS => self.accept_from(FIRST_LISTENER - t),
+                key => {
+                    // The slot may have been closed and reused since: serve only a connection
+                    // that still owes a read (a spurious extra read would be harmless anyway).
+                    if self.connections.get(key).is_some_and(Connection::owes_read) {
+                        trace!("revisit token {key}");
+                        self.serve_connection(key, Ready::default());
+                    }
+                }
+            }
+        }
+        // Give the allocation back for reuse next turn: no allocation per turn.
+        let mut tokens = tokens;
+        tokens.clear();
+        if self.revisit.is_empty() {
+            self.revisit = tokens;
+        }
+    }
+
+    /// The limits a connection is served under right now.
+    fn limits(&self) -> Limits {
+        let global_pause_at = self.config.max_pending_total.and_then(|cap| {
+            let over = self.stats.pending_bytes >= cap as u64;
+            over.then(|| cap / self.connections.len().max(1))
+        });
+        Limits {
+            max_pending: self.config.max_pending,
+            read_budget: self.config.read_budget,
+            global_pause_at,
+            reading_allowed: self.phase == Phase::Serving,
+            mode: self.config.mode,
+            print: self.config.print,
+        }
+    }
+
+    /// Serves one connection and applies what followed: stats, interest, timers, closing.
+    fn serve_connection(&mut self, key: usize, ready: Ready) {
+        let limits = self.limits();
+        let Some(conn) = self.connections.get_mut(key) else {
+            trace!("token {key}: event for a connection already gone, ignored");
+            return;
+        };
+        if conn.closing.is_some() {
+            trace!("token {key}: event for a connection closing this turn, ignored");
+            return;
+        }
+        let (owed_before, in_before, out_before) =
+            (conn.pending_len(), conn.bytes_in, conn.bytes_out);
+        let outcome = conn.serve(
+            Token(key),
+            ready,
+            &mut self.scratch,
+            &limits,
+            &mut self.stats,
+        );
+        let owed_after = conn.pending_len();
+        let (read_any, wrote_any) = (conn.bytes_in != in_before, conn.bytes_out != out_before);
+
+        self.stats.pending_bytes =
+            self.stats.pending_bytes + owed_after as u64 - owed_before as u64;
+        self.stats.peak_pending_bytes = self.stats.peak_pending_bytes.max(self.stats.pending_bytes);
+        self.stats.peak_pending_connection =
+            self.stats.peak_pending_connection.max(owed_after as u64);
+
+        match outcome {
+            Outcome::Finished(reason) => self.mark_closing(key, reason),
+            Outcome::Open { come_back } => {
+                if come_back {
+                    self.revisit.push(Token(key));
+                }
+                let wanted = conn.desired_interest(&limits);
+                if wanted != conn.registered {
+                    trace!("token {key}: interest {:?} -> {wanted:?}", conn.registered);
+                    match self
+                        .poll
+                        .registry()
+                        .reregister(conn.socket_mut(), Token(key), wanted)
+                    {
+                        Ok(()) => conn.registered = wanted,
+                        Err(err) => {
+                            debug!("{} token {key}: reregister failed: {err}", conn.peer);
+                            self.mark_closing(key, CloseReason::Error);
+                            return;
+                        }
+                    }
+                }
+                self.restart_clocks(key, owed_before, owed_after, read_any, wrote_any);
+            }
+        }
+    }
+
+    /// Keeps the idle and stall lists in step with what just happened on `key`.
+    fn restart_clocks(
+        &mut self,
+        key: usize,
+        owed_before: usize,
+        owed_after: usize,
+        read_any: bool,
+        wrote_any: bool,
+    ) {
+        let now = self.now;
+        if self.config.idle_timeout.is_some() {
+            let caught_up = owed_before > 0 && owed_after == 0;
+            if read_any || caught_up {
+                self.idle.touch(&mut self.connections, key, now);
+            }
+        }
+        if self.config.stall_timeout.is_some() {
+            if owed_after == 0 {
+                self.stall.remove(&mut self.connections, key);
+            } else if owed_before == 0 || wrote_any {
+                // Newly owing, or progress: the stall clock starts over.
+                self.stall.touch(&mut self.connections, key, now);
+            }
+        }
+    }
+
+    fn mark_closing(&mut self, key: usize, reason: CloseReason) {
+        let conn = &mut self.connections[key];
+        if conn.closing.is_none() {
+            conn.closing = Some(reason);
+            self.to_close.push(key);
+        }
+    }
+
+    /// The listener's readiness: accept until `WouldBlock` or the per-turn budget.
+    fn accept_from(&mut self, index: usize) {
+        for _ in 0..self.config.accept_budget {
+            let Some(listener) = self.listeners.get(index) else {
+                return; // closed by shutdown earlier in this batch
+            };
+            match listener.socket.accept() {
+                Ok((stream, peer)) => self.admit(stream, canonical(peer)),
+                Err(err) if would_block(&err) => {
+                    trace!("listener {index}: accept WouldBlock");
+                    return;
+                }
+                Err(err) if interrupted(&err) => {}
+                // The client gave up while queued: its problem, not the listener's.
+                Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(err) => {
+                    self.on_accept_failure(index, err);
+                    return;
+                }
+            }
+        }
+        // Budget spent with connections perhaps still queued: no new edge will say so.
+        trace!("listener {index}: accept budget spent, revisit next turn");
+        self.revisit.push(listener_token(index));
+    }
+
+    /// A new client: turn it away if a cap says so, else register it and give it a slot.
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        if self.connections.len() >= self.config.max_connections {
+            return self.reject(stream, peer, RejectReason::MaxConnections);
+        }
+        if let Some(cap) = self.config.max_connections_per_ip
+            && self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= cap
+        {
+            return self.reject(stream, peer, RejectReason::PerIp);
+        }
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!("{peer}: TCP_NODELAY: {err}");
+        }
+        let entry = self.connections.vacant_entry();
+        let key = entry.key();
+        // Register first and insert after, so the slab and the poll set never disagree.
+        let registered = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE);
+        if let Err(err) = registered {
+            self.stats.accept_errors += 1;
+            debug!("{peer}: cannot register: {err}");
+            return;
+        }
+        entry.insert(Connection::new(stream, peer));
+        self.stats.count_accept();
+        if self.config.max_connections_per_ip.is_some() {
+            *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+        }
+        if self.config.idle_timeout.is_some() {
+            self.idle.touch(&mut self.connections, key, self.now);
+        }
+        debug!("accepted {peer} as token {key}");
+    }
+
+    /// Closes a just-accepted connection at once: the client sees EOF.
+    fn reject(&mut self, stream: TcpStream, peer: SocketAddr, reason: RejectReason) {
+        drop(stream);
+        self.stats.count_reject(reason);
+        if let Some(suppressed) = self.reject_warnings.allow(self.now) {
+            warn!(
+                "rejected {peer}: {} ({suppressed} more rejected since the last warning)",
+                reason.as_str()
+            );
+        }
+    }
+
+    /// `accept` failed for a reason other than the client: usually out of descriptors.
+    fn on_accept_failure(&mut self, index: usize, err: io::Error) {
+        self.stats.accept_errors += 1;
+        if let Some(suppressed) = self.accept_warnings.allow(self.now) {
+            warn!("accept on listener {index}: {err} ({suppressed} more since the last warning)");
+        }
+        let out_of_descriptors = matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+        if out_of_descriptors && let Some(spare) = self.spare_descriptor.take() {
+            // Spend the spare on telling queued clients "no" instead of leaving them
+            // waiting in the backlog for a descriptor that may never come.
+            drop(spare);
+            self.turn_away_queued(index);
+            self.spare_descriptor = File::open("/dev/null").ok();
+        }
+        self.accept_retry_at = Some(self.now + ACCEPT_RETRY_DELAY);
+    }
+
+    /// Accepts and closes whatever is queued on listener `index`, up to the accept budget.
+    fn turn_away_queued(&mut self, index: usize) {
+        for _ in 0..self.config.accept_budget {
+            match self.listeners[index].socket.accept() {
+                Ok((stream, peer)) => {
+                    self.reject(stream, canonical(peer), RejectReason::Descriptors)
+                }
+                Err(err) if interrupted(&err) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Phase 5: close connections whose idle or stall clock has run out.
+    fn expire_timers(&mut self) {
+        let now = self.now;
+        if let Some(timeout) = self.config.idle_timeout {
+            while let Some((key, since)) = self.idle.oldest(&mut self.connections) {
+                if now.duration_since(since) < timeout {
+                    break;
+                }
+                let conn = &self.connections[key];
+                if conn.closing.is_some() {
+                    self.idle.remove(&mut self.connections, key);
+                } else if conn.pending_len() > 0 {
+                    // Owing output is not idleness: the stall clock rules that case.
+                    self.idle.touch(&mut self.connections, key, now);
+                } else {
+                    debug!("{} token {key}: idle for {timeout:?}", conn.peer);
+                    self.idle.remove(&mut self.connections, key);
+                    self.mark_closing(key, CloseReason::Idle);
+                }
+            }
+        }
+        if let Some(timeout) = self.config.stall_timeout {
+            while let Some((key, since)) = self.stall.oldest(&mut self.connections) {
+                if now.duration_since(since) < timeout {
+                    break;
+                }
+                self.stall.remove(&mut self.connections, key);
+                let conn = &self.connections[key];
+                if conn.closing.is_none() {
+                    debug!(
+                        "{} token {key}: {} bytes owed, no progress for {timeout:?}",
+                        conn.peer,
+                        conn.pending_len()
+                    );
+                    self.mark_closing(key, CloseReason::Stall);
+                }
+            }
+        }
+        if self.accept_retry_at.is_some_and(|at| at <= now) && self.phase == Phase::Serving {
+            self.accept_retry_at = None;
+            for index in 0..self.listeners.len() {
+                self.accept_from(index);
+            }
+        }
+    }
+
+    /// Phase 6: closed connections leave the slab (dropping the socket closes it, which
+    /// also takes it out of the epoll set: no separate deregister syscall needed).
+    fn close_finished(&mut self) {
+        for i in 0..self.to_close.len() {
+            let key = self.to_close[i];
+            self.idle.remove(&mut self.connections, key);
+            self.stall.remove(&mut self.connections, key);
+            let conn = self.connections.remove(key);
+            let reason = conn.closing.unwrap_or(CloseReason::Error);
+            self.stats.pending_bytes -= conn.pending_len() as u64;
+            self.stats.count_close(reason);
+            if let Some(count) = self.per_ip.get_mut(&conn.peer.ip()) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_ip.remove(&conn.peer.ip());
+                }
+            }
+            debug!(
+                "closed {} token {key}: {}, {} bytes in, {} bytes out",
+                conn.peer,
+                reason.as_str(),
+                conn.bytes_in,
+                conn.bytes_out
+            );
+        }
+        self.to_close.clear();
+    }
+
+    /// Phase 7: periodic stats and shutdown progress.
+    fn housekeeping(&mut self) -> Flow {
+        if let (Some(at), Some(every)) = (self.next_stats_at, self.config.stats_interval)
+            && at <= self.now
+        {
+            self.log_stats();
+            // Skip ticks missed while busy rather than firing them all at once.
+            let next = at + every;
+            self.next_stats_at = Some(if next > self.now {
+                next
+            } else {
+                self.now + every
+            });
+        }
+        match self.phase {
+            Phase::Serving => Flow::Continue,
+            Phase::Draining { deadline } => {
+                if self.connections.is_empty() {
+                    info!("all connections closed");
+                    Flow::Exit
+                } else if deadline <= self.now {
+                    info!(
+                        "shutdown timeout: closing {} connections with {} bytes still owed",
+                        self.connections.len(),
+                        self.stats.pending_bytes
+                    );
+                    self.close_all(CloseReason::Shutdown);
+                    Flow::Exit
+                } else {
+                    Flow::Continue
+                }
+            }
+        }
+    }
+
+    fn log_stats(&self) {
+        if self.config.stats_json {
+            // A bare JSON line on stdout, so scripts need no log parsing.
+            println!("{}", self.stats.to_json());
+        } else {
+            info!("stats {}", self.stats.to_text());
+        }
+    }
+
+    /// The waker fired: answer whatever [`ServerHandle`]s have queued.
+    fn on_requests(&mut self) -> Flow {
+        while let Ok(request) = self.inbox.try_recv() {
+            match request {
+                Request::Stats(reply_to) => {
+                    // The asker may have given up waiting: nothing to do about that.
+                    let _ = reply_to.send(self.stats.clone());
+                }
+                Request::Stop => {
+                    if self.request_stop("stop request") == Flow::Exit {
+                        return Flow::Exit;
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_signals(&mut self) -> Flow {
+        let mut received = Vec::new();
+        if let Some(signals) = self.signals.as_mut() {
+            received.extend(signals.pending());
+        }
+        for signal in received {
+            let flow = match signal {
+                SIGUSR1 => {
+                    self.log_stats();
+                    Flow::Continue
+                }
+                SIGINT => self.request_stop("SIGINT"),
+                _ => self.request_stop("SIGTERM"),
+            };
+            if flow == Flow::Exit {
+                return Flow::Exit;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// First request: drain gracefully. Second: stop now.
+    fn request_stop(&mut self, source: &str) -> Flow {
+        match self.phase {
+            Phase::Draining { .. } => {
+                info!("{source} again: stopping now");
+                Flow::Exit
+            }
+            Phase::Serving => {
+                self.begin_draining(source);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Stop accepting (listeners closed) and reading; flush what is owed, then close.
+    fn begin_draining(&mut self, source: &str) {
+        let deadline = self.now + self.config.shutdown_timeout;
+        self.phase = Phase::Draining { deadline };
+        self.listeners.clear();
+        self.accept_retry_at = None;
+        info!(
+            "{source}: stopping; flushing {} bytes owed to {} connections (up to {:?})",
+            self.stats.pending_bytes,
+            self.connections.len(),
+            self.config.shutdown_timeout
+        );
+        // Once per shutdown, every connection: those owing nothing close now, the others
+        // switch to WRITABLE only and close as they catch up.
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.serve_connection(key, Ready::default());
+        }
+    }
+
+    /// Closes every connection at once, whatever is owed.
+    fn close_all(&mut self, reason: CloseReason) {
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.mark_closing(key, reason);
+        }
+        self.close_finished();
+    }
+}
+
+/// How a token reads in the trace narration: `listener 0`, `waker`, `token 17`.
+struct TokenName(Token);
+
+impl std::fmt::Display for TokenName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            WAKER => write!(f, "waker"),
+            SIGNALS => write!(f, "signals"),
+            Token(t) if t > FIRST_LISTENER - MAX_LISTENERS => {
+                write!(f, "listener {}", FIRST_LISTENER - t)
+            }
+            Token(key) => write!(f, "token {key}"),
+        }
+    }
+}
+
+/// Whether the loop goes on after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Exit,
+}
+
+/// Lets a repeated warning through at most once per [`WARN_INTERVAL`], counting the rest.
+#[derive(Debug, Default)]
+struct RateLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// `Some(n)` if a warning may be logged now, `n` being how many were held back since.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < WARN_INTERVAL)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}

@@ -1,0 +1,202 @@
+//! The server's counters: plain named numbers, each with its unit, updated by the loop
+//! and handed back by [`Server::run`](crate::Server::run).
+//!
+//! The invariant tests lean on: `accepted == closed_total() + active`, and for echo
+//! connections that finished cleanly, bytes out equal bytes in.
+
+use std::fmt::Write as _;
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent EOF and got back everything it was owed.
+    Eof,
+    /// The client reset the connection or vanished (`ECONNRESET`, `EPIPE`, …).
+    Reset,
+    /// Any other socket error.
+    Error,
+    /// Sent nothing and owed nothing for `--idle-timeout`.
+    Idle,
+    /// Pending output did not move for `--stall-timeout`.
+    Stall,
+    /// The server stopped.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The word used in logs and stats keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Eof => "eof",
+            CloseReason::Reset => "reset",
+            CloseReason::Error => "error",
+            CloseReason::Idle => "idle",
+            CloseReason::Stall => "stall",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a connection was accepted only to be closed at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// `--max-connections` were already open.
+    MaxConnections,
+    /// `--max-connections-per-ip` were already open from that address.
+    PerIp,
+    /// The process ran out of descriptors; the spare one was spent to tell the client.
+    Descriptors,
+}
+
+impl RejectReason {
+    /// The word used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MaxConnections => "max-connections",
+            RejectReason::PerIp => "max-connections-per-ip",
+            RejectReason::Descriptors => "out-of-descriptors",
+        }
+    }
+}
+
+/// Counters kept by the loop. All are totals since start unless the name says otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted and served (rejected ones are not counted here).
+    pub accepted: u64,
+    /// Connections turned away because `--max-connections` were open.
+    pub rejected_max_connections: u64,
+    /// Connections turned away by `--max-connections-per-ip`.
+    pub rejected_per_ip: u64,
+    /// Connections turned away because the process had no descriptor to spare.
+    pub rejected_descriptors: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Most connections open at once.
+    pub peak_active: u64,
+    /// Connections closed after the client's EOF, everything echoed.
+    pub closed_eof: u64,
+    /// Connections closed because the client reset them.
+    pub closed_reset: u64,
+    /// Connections closed on another socket error.
+    pub closed_error: u64,
+    /// Connections closed by `--idle-timeout`.
+    pub closed_idle: u64,
+    /// Connections closed by `--stall-timeout`.
+    pub closed_stall: u64,
+    /// Connections closed because the server stopped.
+    pub closed_shutdown: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients.
+    pub bytes_out: u64,
+    /// Bytes read but not yet written back, all connections together, now.
+    pub pending_bytes: u64,
+    /// Most bytes pending at once, all connections together.
+    pub peak_pending_bytes: u64,
+    /// Most bytes pending at once on any single connection (never above `--max-pending`).
+    pub peak_pending_connection: u64,
+    /// `accept` failures other than WouldBlock (e.g. out of descriptors).
+    pub accept_errors: u64,
+    /// Turns of the loop (one `poll` each).
+    pub loop_iterations: u64,
+    /// Readiness events delivered by `poll`.
+    pub events: u64,
+}
+
+impl Stats {
+    /// Connections closed, whatever the reason.
+    pub fn closed_total(&self) -> u64 {
+        self.closed_eof
+            + self.closed_reset
+            + self.closed_error
+            + self.closed_idle
+            + self.closed_stall
+            + self.closed_shutdown
+    }
+
+    /// Connections turned away, whatever the reason.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected_max_connections + self.rejected_per_ip + self.rejected_descriptors
+    }
+
+    pub(crate) fn count_close(&mut self, reason: CloseReason) {
+        self.active -= 1;
+        *match reason {
+            CloseReason::Eof => &mut self.closed_eof,
+            CloseReason::Reset => &mut self.closed_reset,
+            CloseReason::Error => &mut self.closed_error,
+            CloseReason::Idle => &mut self.closed_idle,
+            CloseReason::Stall => &mut self.closed_stall,
+            CloseReason::Shutdown => &mut self.closed_shutdown,
+        } += 1;
+    }
+
+    pub(crate) fn count_reject(&mut self, reason: RejectReason) {
+        *match reason {
+            RejectReason::MaxConnections => &mut self.rejected_max_connections,
+            RejectReason::PerIp => &mut self.rejected_per_ip,
+            RejectReason::Descriptors => &mut self.rejected_descriptors,
+        } += 1;
+    }
+
+    pub(crate) fn count_accept(&mut self) {
+        self.accepted += 1;
+        self.active += 1;
+        self.peak_active = self.peak_active.max(self.active);
+    }
+
+    /// Every counter by name, in a fixed order: the one list both output formats use.
+    pub fn fields(&self) -> [(&'static str, u64); 22] {
+        [
+            ("accepted", self.accepted),
+            ("rejected", self.rejected_total()),
+            ("rejected_max_connections", self.rejected_max_connections),
+            ("rejected_per_ip", self.rejected_per_ip),
+            ("rejected_descriptors", self.rejected_descriptors),
+            ("active", self.active),
+            ("peak_active", self.peak_active),
+            ("closed", self.closed_total()),
+            ("closed_eof", self.closed_eof),
+            ("closed_reset", self.closed_reset),
+            ("closed_error", self.closed_error),
+            ("closed_idle", self.closed_idle),
+            ("closed_stall", self.closed_stall),
+            ("closed_shutdown", self.closed_shutdown),
+            ("bytes_in", self.bytes_in),
+            ("bytes_out", self.bytes_out),
+            ("pending_bytes", self.pending_bytes),
+            ("peak_pending_bytes", self.peak_pending_bytes),
+            ("peak_pending_connection", self.peak_pending_connection),
+            ("accept_errors", self.accept_errors),
+            ("loop_iterations", self.loop_iterations),
+            ("events", self.events),
+        ]
+    }
+
+    /// `key=value` pairs separated by spaces, for humans and `grep`.
+    pub fn to_text(&self) -> String {
+        let mut line = String::new();
+        for (i, (name, value)) in self.fields().iter().enumerate() {
+            if i > 0 {
+                line.push(' ');
+            }
+            let _ = write!(line, "{name}={value}");
+        }
+        line
+    }
+
+    /// One flat JSON object of integers, for benchmark scripts.
+    pub fn to_json(&self) -> String {
+        let mut line = String::from("{");
+        for (i, (name, value)) in self.fields().iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            // Names are fixed ASCII identifiers and values integers: nothing to escape.
+            let _ = write!(line, "\"{name}\":{value}");
+        }
+        line.push('}');
+        line
+    }
+}

@@ -1,0 +1,105 @@
+//! Idle and stall timeouts at O(1) per event, with no allocation and no scan.
+//!
+//! Each timeout keeps an intrusive doubly-linked list threaded through the connection slab
+//! (the links live inside each [`Connection`]). A connection is moved to the back of a list
+//! whenever its clock restarts, and the loop stamps every move with the same `now` it read
+//! once per turn, so each list stays sorted oldest-first without ever being sorted. The
+//! only deadline that matters is at the front; it becomes `poll`'s timeout.
+//!
+//! - **idle**: every connection; restarted whenever the client sends data or the
+//!   connection catches up. Expired only if nothing is owed (otherwise *stall* rules).
+//! - **stall**: only connections that owe output; restarted whenever a write makes progress.
+
+use std::time::Instant;
+
+use slab::Slab;
+
+use crate::connection::Connection;
+
+/// One list's link in one connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Link {
+    prev: Option<usize>,
+    next: Option<usize>,
+    /// When this connection's clock last restarted; `None` while not in the list.
+    since: Option<Instant>,
+}
+
+/// A connection's places in both lists.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Links {
+    pub(crate) idle: Link,
+    pub(crate) stall: Link,
+}
+
+/// Which of the two lists an operation is about.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Which {
+    Idle,
+    Stall,
+}
+
+fn link(conn: &mut Connection, which: Which) -> &mut Link {
+    match which {
+        Which::Idle => &mut conn.links.idle,
+        Which::Stall => &mut conn.links.stall,
+    }
+}
+
+/// The ends of one intrusive list, oldest at `head`.
+#[derive(Debug)]
+pub(crate) struct DeadlineList {
+    which: Which,
+    head: Option<usize>,
+    tail: Option<usize>,
+}
+
+impl DeadlineList {
+    pub(crate) fn new(which: Which) -> Self {
+        DeadlineList {
+            which,
+            head: None,
+            tail: None,
+        }
+    }
+
+    /// Restarts `key`'s clock at `now`: out of its place, onto the back.
+    pub(crate) fn touch(&mut self, slab: &mut Slab<Connection>, key: usize, now: Instant) {
+        self.remove(slab, key);
+        let old_tail = self.tail;
+        *link(&mut slab[key], self.which) = Link {
+            prev: old_tail,
+            next: None,
+            since: Some(now),
+        };
+        match old_tail {
+            Some(tail) => link(&mut slab[tail], self.which).next = Some(key),
+            None => self.head = Some(key),
+        }
+        self.tail = Some(key);
+    }
+
+    /// Takes `key` out of the list, if it is in it.
+    pub(crate) fn remove(&mut self, slab: &mut Slab<Connection>, key: usize) {
+        let Link { prev, next, since } = *link(&mut slab[key], self.which);
+        if since.is_none() {
+            return;
+        }
+        match prev {
+            Some(prev) => link(&mut slab[prev], self.which).next = next,
+            None => self.head = next,
+        }
+        match next {
+            Some(next) => link(&mut slab[next], self.which).prev = prev,
+            None => self.tail = prev,
+        }
+        *link(&mut slab[key], self.which) = Link::default();
+    }
+
+    /// The connection whose clock restarted longest ago, and when.
+    pub(crate) fn oldest(&self, slab: &mut Slab<Connection>) -> Option<(usize, Instant)> {
+        let key = self.head?;
+        let since = link(&mut slab[key], self.which).since?;
+        Some((key, since))
+    }
+}

@@ -1,0 +1,109 @@
+//! The binary as a user meets it: flags, errors and exit codes.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+
+use common::{BinaryServer, round_trip};
+
+fn echod() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_echod"))
+}
+
+#[test]
+fn a_bad_flag_is_one_line_and_exit_2() {
+    let out = echod().arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+}
+
+#[test]
+fn a_bad_value_is_one_line_and_exit_2() {
+    for args in [
+        &["--max-pending", "lots"][..],
+        &["--backlog", "0"],
+        &["--idle-timeout=-3"],
+        &["--mode", "shout"],
+    ] {
+        let out = echod().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        let flag = args[0].split('=').next().unwrap();
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_taken_address_names_itself_and_the_os_error_and_exits_1() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = echod()
+        .args(["--listen", &addr, "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.trim_end(),
+        format!("echod: cannot listen on {addr}: Address already in use (os error 98)")
+    );
+}
+
+#[test]
+fn an_unresolvable_host_is_named_and_exits_1() {
+    let out = echod()
+        .args(["--listen", "no-such-host.invalid:5000", "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("echod: cannot listen on no-such-host.invalid:5000: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = echod().arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--ipv6-only",
+        "--backlog",
+        "--max-pending",
+        "--max-pending-total",
+        "--max-connections",
+        "--max-connections-per-ip",
+        "--idle-timeout",
+        "--stall-timeout",
+        "--shutdown-timeout",
+        "--mode",
+        "--print",
+        "--stats-interval",
+        "--stats-json",
+        "--verbose",
+        "--quiet",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert!(help.contains("[default: localhost:50007]"));
+}
+
+#[test]
+fn the_binary_echoes_and_exits_0_on_sigterm() {
+    let mut server = BinaryServer::start(&[]);
+    let mut client = server.connect();
+    round_trip(&mut client, "Hello, world / 汉语/漢語 Hànyǔ".as_bytes());
+    drop(client);
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(common::IO_TIMEOUT);
+    assert_eq!(status.code(), Some(0));
+    let log = server.wait_for_log("exiting:");
+    assert!(log.contains("accepted=1 "), "{log}");
+}

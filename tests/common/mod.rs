@@ -1,0 +1,244 @@
+//! Helpers shared by the integration tests: start the real server in-process on port 0,
+//! talk to it over loopback, stop it deterministically and get its final counters back.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use echod::{Config, Server, ServerHandle, Stats};
+
+/// Every blocking read or write in a test gives up after this long instead of hanging.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A server running on its own thread.
+pub struct TestServer {
+    pub addrs: Vec<SocketAddr>,
+    pub handle: ServerHandle,
+    thread: Option<JoinHandle<io::Result<Stats>>>,
+}
+
+impl TestServer {
+    /// Binds `127.0.0.1:0` with default settings.
+    pub fn start() -> TestServer {
+        TestServer::with(Config::listening_on(["127.0.0.1:0"]))
+    }
+
+    /// Binds and runs the given config (with no `listen` given, `127.0.0.1:0`).
+    pub fn with(config: Config) -> TestServer {
+        let server = Server::bind(config).expect("bind test server");
+        let addrs = server.local_addrs();
+        let handle = server.handle();
+        let thread = std::thread::spawn(move || server.run());
+        TestServer {
+            addrs,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// A blocking client with timeouts, so a broken server fails the test instead of hanging it.
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr())
+    }
+
+    /// Live counters from the running loop.
+    pub fn stats(&self) -> Stats {
+        self.handle.stats().expect("stats from running server")
+    }
+
+    /// Waits (with a deadline) until the server's counters satisfy `condition`.
+    #[track_caller]
+    pub fn wait_for(&self, what: &str, condition: impl Fn(&Stats) -> bool) -> Stats {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let stats = self.stats();
+            if condition(&stats) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {stats:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the server (gracefully) and returns its final counters.
+    pub fn stop(mut self) -> Stats {
+        self.handle.stop().expect("stop request");
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("server thread panicked")
+            .expect("server run failed")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.handle.stop();
+            let _ = self.handle.stop();
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect to test server");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// Sends `message` and reads back exactly as many bytes (looping over partial reads).
+#[track_caller]
+pub fn round_trip(stream: &mut TcpStream, message: &[u8]) {
+    stream.write_all(message).expect("send");
+    let mut echoed = vec![0; message.len()];
+    stream.read_exact(&mut echoed).expect("read echo");
+    assert_eq!(echoed, message, "echo differs from what was sent");
+}
+
+/// Reads until EOF.
+pub fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).expect("read to EOF");
+    all
+}
+
+/// A deterministic, position-dependent byte pattern: a misplaced byte shows up.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// The real `echod` binary, started with the given flags on a free port.
+pub struct BinaryServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Everything the server has written to stderr so far (collected by a thread).
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl BinaryServer {
+    /// Starts `echod --listen 127.0.0.1:0 ARGS…` and waits for its "listening on" line.
+    pub fn start(args: &[&str]) -> BinaryServer {
+        BinaryServer::start_with(
+            std::process::Command::new(env!("CARGO_BIN_EXE_echod")),
+            args,
+        )
+    }
+
+    /// Like [`BinaryServer::start`], from a prepared command (e.g. one run under a shell).
+    pub fn start_with(mut command: std::process::Command, args: &[&str]) -> BinaryServer {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start echod binary");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (found, addr_found) = std::sync::mpsc::channel();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let collected = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            while let Some(Ok(line)) = lines.next() {
+                if let Some((_, addr)) = line.split_once("listening on ") {
+                    let _ = found.send(addr.trim().parse::<SocketAddr>());
+                }
+                let mut all = collected.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let addr = addr_found
+            .recv_timeout(IO_TIMEOUT)
+            .unwrap_or_else(|_| {
+                panic!(
+                    "echod never said where it listens: {}",
+                    stderr.lock().unwrap()
+                )
+            })
+            .expect("listening address parses");
+        BinaryServer {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr)
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
+    /// Waits (with a deadline) for the process to exit; returns its status.
+    #[track_caller]
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "echod did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits (with a deadline) until stderr contains `needle`; returns all of stderr.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let text = self.stderr.lock().unwrap().clone();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in echod's log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
