@@ -300,6 +300,7 @@ impl Connection {
             // message. The exception is a FIN that came with the data: its edge is the one
             // being handled now, so `peer_half_closed` (sticky) sends us on to read the EOF.
             if n < room && !self.peer_half_closed {
+                trace!("token {}: short read: socket drained", token.0);
                 self.owes_read = false;
                 return Ok(ReadStop::Drained);
             }
@@ -366,6 +367,10 @@ impl Connection {
 
     /// Sends our FIN. Failure only means the peer is already gone, which closing handles.
     fn shut_down_writes(&mut self, token: Token) {
+        trace!(
+            "token {}: all caught up: shutdown(Write) sends our FIN",
+            token.0
+        );
         if let Err(err) = self.socket.shutdown(Shutdown::Write) {
             trace!("token {}: shutdown(Write): {err}", token.0);
         }

@@ -1,0 +1,205 @@
+//! The tutorial's echo client, done properly.
+//!
+//! It resolves the host with getaddrinfo and tries each address in turn (IPv6 and IPv4
+//! alike) until one connects; sends each message and reads back *exactly* as many bytes,
+//! looping over partial reads, because TCP is a byte stream and one `recv` may return only
+//! part of what was sent (the tutorial's fixed-length receive). Plain blocking sockets with
+//! timeouts are the right tool for one conversation at a time; the server is where
+//! readiness pays.
+//!
+//! Two terminals:
+//!
+//! ```sh
+//! cargo run --release                                   # terminal 1: the server
+//! cargo run --example client                            # Hello, world + 汉语/漢語 Hànyǔ
+//! cargo run --example client -- "one" "two words"       # your own messages
+//! cargo run --example client -- --interactive           # Type your msg here: …
+//! printf 'a\nb\n' | cargo run --example client -- --interactive   # a message per line
+//! cargo run --example client -- --hex "$(printf '\x01\x02')"      # replies as hex
+//! ```
+//!
+//! Exit status: 0 when every echo matched; 1 when one differed, the connection closed
+//! early, a wait timed out, or no address would connect; 2 for bad flags.
+
+use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// What the tutorial's client sends when given nothing to say.
+const DEFAULT_MESSAGES: [&str; 2] = ["Hello, world", "汉语/漢語 Hànyǔ"];
+/// The tutorial's prompt.
+const PROMPT: &str = "Type your msg here: ";
+
+/// Send messages to an echo server and check that each comes back unchanged.
+#[derive(Debug, Parser)]
+#[command(name = "client")]
+struct Args {
+    /// Server host name or address (resolved with getaddrinfo).
+    #[arg(long, default_value = "localhost")]
+    host: String,
+
+    /// Server port.
+    #[arg(long, default_value_t = 50007)]
+    port: u16,
+
+    /// Prompt for messages until EOF (the default when no message is given and stdin is a
+    /// terminal). With stdin piped, each line is one message.
+    #[arg(long)]
+    interactive: bool,
+
+    /// Print replies as hex bytes, for binary data.
+    #[arg(long)]
+    hex: bool,
+
+    /// Give up on connecting, sending or receiving after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    timeout: f64,
+
+    /// Messages to send, one after another. Default: "Hello, world" and "汉语/漢語 Hànyǔ".
+    messages: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("client: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        return Err(format!(
+            "--timeout must be a positive number, not {}",
+            args.timeout
+        ));
+    }
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let mut stream = connect(&args.host, args.port, timeout)?;
+
+    let interactive = args.interactive || (args.messages.is_empty() && io::stdin().is_terminal());
+    if interactive {
+        return converse(&mut stream, args.hex);
+    }
+    let messages: Vec<&str> = if args.messages.is_empty() {
+        DEFAULT_MESSAGES.to_vec()
+    } else {
+        args.messages.iter().map(String::as_str).collect()
+    };
+    for message in messages {
+        let reply = echo(&mut stream, message.as_bytes())?;
+        println!("Received: {}", show(&reply, args.hex));
+    }
+    Ok(())
+}
+
+/// getaddrinfo, then each address in turn until one connects (the tutorial's loop).
+fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {host}: {err}"))?
+        .collect();
+    let mut failures = Vec::new();
+    for addr in &addrs {
+        match TcpStream::connect_timeout(addr, timeout) {
+            Ok(stream) => {
+                stream
+                    .set_read_timeout(Some(timeout))
+                    .map_err(|e| e.to_string())?;
+                stream
+                    .set_write_timeout(Some(timeout))
+                    .map_err(|e| e.to_string())?;
+                return Ok(stream);
+            }
+            Err(err) => failures.push(format!("{addr}: {err}")),
+        }
+    }
+    Err(format!(
+        "cannot connect to {host}:{port} (tried {})",
+        if failures.is_empty() {
+            "no addresses".to_string()
+        } else {
+            failures.join("; ")
+        }
+    ))
+}
+
+/// Sends `message` and reads back exactly `message.len()` bytes; they must match.
+fn echo(stream: &mut TcpStream, message: &[u8]) -> Result<Vec<u8>, String> {
+    stream
+        .write_all(message)
+        .map_err(|err| format!("send failed: {err}"))?;
+    let mut reply = vec![0; message.len()];
+    let mut received = 0;
+    // One read may return only part of the echo: keep reading until all of it is here.
+    while received < reply.len() {
+        match stream.read(&mut reply[received..]) {
+            Ok(0) => {
+                return Err(format!(
+                    "the server closed the connection after {received} of {} bytes",
+                    message.len()
+                ));
+            }
+            Ok(n) => received += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!(
+                    "timed out waiting for the echo ({received} of {} bytes received)",
+                    message.len()
+                ));
+            }
+            Err(err) => return Err(format!("receive failed: {err}")),
+        }
+    }
+    if reply != message {
+        return Err(format!(
+            "the echo differs: sent {:?}, received {:?}",
+            String::from_utf8_lossy(message),
+            String::from_utf8_lossy(&reply)
+        ));
+    }
+    Ok(reply)
+}
+
+/// The interactive loop: prompt, send a line, print the reply, until EOF.
+fn converse(stream: &mut TcpStream, hex: bool) -> Result<(), String> {
+    let stdin = io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        print!("{PROMPT}");
+        io::stdout().flush().map_err(|e| e.to_string())?;
+        let Some(line) = lines.next() else {
+            println!();
+            return Ok(());
+        };
+        let line = line.map_err(|err| format!("cannot read stdin: {err}"))?;
+        if line.is_empty() {
+            continue; // nothing to send, and an empty echo would be indistinguishable
+        }
+        let reply = echo(stream, line.as_bytes())?;
+        println!("Received: {}", show(&reply, hex));
+    }
+}
+
+fn show(bytes: &[u8], hex: bool) -> String {
+    if hex {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
