@@ -55,13 +55,16 @@ pub(crate) struct Limits {
     pub max_pending: usize,
     /// Bytes to read before yielding to other connections.
     pub read_budget: usize,
-    /// Stop reading connections owing at least this much (the global cap is exceeded).
-    pub global_pause_at: Option<usize>,
+    /// What `--max-pending-total` leaves for all connections together (`None`: no cap).
+    pub global_headroom: Option<usize>,
     /// False once the server is stopping: flush what is owed, read nothing new.
     pub reading_allowed: bool,
     pub mode: Mode,
     pub print: bool,
 }
+
+/// Largest read a connection owing nothing may make while `--max-pending-total` is reached.
+const OVER_CAP_READ: usize = 4096;
 
 /// What the loop must do with a connection after serving it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +103,8 @@ pub(crate) struct Connection {
     /// Sticky record that the peer half-closed (EPOLLRDHUP seen). While set, a short read
     /// is not taken as "drained": the EOF behind it must still be read (see `read_some`).
     peer_half_closed: bool,
+    /// Our FIN has gone out (`shutdown(Write)`); nothing more will be written.
+    fin_sent: bool,
     /// Reading stopped before `WouldBlock`; under edge triggering nobody else will say so.
     owes_read: bool,
     /// What the socket is registered for now, to re-register only on change.
@@ -123,6 +128,7 @@ impl Connection {
             pending: PendingOutput::default(),
             read_eof: false,
             peer_half_closed: false,
+            fin_sent: false,
             owes_read: false,
             registered: Interest::READABLE,
             closing: None,
@@ -150,7 +156,7 @@ impl Connection {
     /// is decided. (Never empty: mio needs at least one interest, and READABLE also brings
     /// the hang-up and error reports.)
     pub(crate) fn desired_interest(&self, limits: &Limits) -> Interest {
-        let wants_read = limits.reading_allowed && !self.read_eof && self.read_room(limits) > 0;
+        let wants_read = limits.reading_allowed && !self.read_eof && self.read_room(limits, 0) > 0;
         match (wants_read, !self.pending.is_empty()) {
             (_, false) => Interest::READABLE,
             (true, true) => Interest::READABLE | Interest::WRITABLE,
@@ -201,43 +207,99 @@ impl Connection {
         if ready.writable && !self.pending.is_empty() {
             self.flush(token, stats)?;
         }
+        if !limits.reading_allowed && !self.read_eof {
+            return self.linger(token, scratch, limits, stats);
+        }
         let mut come_back = false;
         let may_read = ready.readable || ready.read_closed || self.owes_read;
-        if may_read && limits.reading_allowed && !self.read_eof {
+        if may_read && !self.read_eof {
             match self.read_some(token, scratch, limits, stats)? {
                 ReadStop::Budget => come_back = true,
                 ReadStop::Drained | ReadStop::Eof | ReadStop::Backpressure => {}
             }
         }
-        if self.pending.is_empty() && (self.read_eof || !limits.reading_allowed) {
+        if self.pending.is_empty() && self.read_eof {
             // Everything owed has gone out: the half-close handshake's second half.
             self.shut_down_writes(token);
-            let reason = if self.read_eof {
-                CloseReason::Eof
-            } else {
-                CloseReason::Shutdown
-            };
-            return Ok(Outcome::Finished(reason));
+            return Ok(Outcome::Finished(CloseReason::Eof));
         }
         Ok(Outcome::Open { come_back })
     }
 
-    /// How many bytes the next read may take without breaking a memory cap.
-    fn read_room(&self, limits: &Limits) -> usize {
-        let owed = self.pending.len();
-        if limits
-            .global_pause_at
-            .is_some_and(|at| owed > 0 && owed >= at)
-        {
-            return 0;
+    /// The server is stopping: send what is owed, then our FIN, then read and discard until
+    /// the client's EOF. Closing with unread input would make the kernel answer with RST and
+    /// throw away whatever it had not yet delivered: the very bytes just flushed.
+    fn linger(
+        &mut self,
+        token: Token,
+        scratch: &mut [u8],
+        limits: &Limits,
+        stats: &mut Stats,
+    ) -> io::Result<Outcome> {
+        if !self.pending.is_empty() {
+            return Ok(Outcome::Open { come_back: false });
         }
-        match limits.mode {
+        if !self.fin_sent {
+            self.shut_down_writes(token);
+        }
+        let mut budget = limits.read_budget;
+        loop {
+            if budget == 0 {
+                self.owes_read = true;
+                return Ok(Outcome::Open { come_back: true });
+            }
+            match self.socket.read(scratch) {
+                Ok(0) => {
+                    trace!("token {}: read EOF while stopping", token.0);
+                    self.read_eof = true;
+                    return Ok(Outcome::Finished(CloseReason::Shutdown));
+                }
+                Ok(n) => {
+                    trace!("token {}: stopping: read and dropped {n} bytes", token.0);
+                    self.bytes_in += n as u64;
+                    stats.bytes_in += n as u64;
+                    budget = budget.saturating_sub(n);
+                }
+                Err(err) if would_block(&err) => {
+                    self.owes_read = false;
+                    return Ok(Outcome::Open { come_back: false });
+                }
+                Err(err) if interrupted(&err) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// How many bytes the next read may take without breaking a memory cap, `added`
+    /// being what this turn has already queued.
+    fn read_room(&self, limits: &Limits, added: usize) -> usize {
+        let owed = self.pending.len();
+        let room = match limits.mode {
             // Whatever is read may end up owed, so read no more than the cap leaves.
             Mode::Echo => limits.max_pending.saturating_sub(owed),
             // Each read owes one fixed reply, whatever its size.
             Mode::Ack if owed == 0 || owed + ACK_REPLY.len() <= limits.max_pending => usize::MAX,
             Mode::Ack => 0,
-            Mode::Discard => usize::MAX,
+            Mode::Discard => return usize::MAX,
+        };
+        let Some(headroom) = limits.global_headroom else {
+            return room;
+        };
+        let left = headroom.saturating_sub(added);
+        if owed > 0 {
+            // Its socket is full, so anything read now is queued: only within the global
+            // cap. At the cap it pauses; its own WRITABLE events wake it as it drains.
+            let needed = if limits.mode == Mode::Ack {
+                ACK_REPLY.len()
+            } else {
+                1
+            };
+            if left < needed { 0 } else { room.min(left) }
+        } else {
+            // Owing nothing, its reads mostly go straight back out. It keeps reading even
+            // at the cap (others' backlog must not stop it), in small bites so that what
+            // it might queue stays small.
+            room.min(left.max(OVER_CAP_READ))
         }
     }
 
@@ -250,8 +312,10 @@ impl Connection {
         stats: &mut Stats,
     ) -> io::Result<ReadStop> {
         let mut budget = limits.read_budget;
+        let owed_at_start = self.pending.len();
         loop {
-            let room = self.read_room(limits).min(scratch.len());
+            let added = self.pending.len().saturating_sub(owed_at_start);
+            let room = self.read_room(limits, added).min(scratch.len());
             if room == 0 {
                 trace!(
                     "token {}: pause reading, {} bytes owed",
@@ -371,6 +435,7 @@ impl Connection {
             "token {}: all caught up: shutdown(Write) sends our FIN",
             token.0
         );
+        self.fin_sent = true;
         if let Err(err) = self.socket.shutdown(Shutdown::Write) {
             trace!("token {}: shutdown(Write): {err}", token.0);
         }

@@ -352,14 +352,14 @@ impl EventLoop {
 
     /// The limits a connection is served under right now.
     fn limits(&self) -> Limits {
-        let global_pause_at = self.config.max_pending_total.and_then(|cap| {
-            let over = self.stats.pending_bytes >= cap as u64;
-            over.then(|| cap / self.connections.len().max(1))
+        let global_headroom = self.config.max_pending_total.map(|cap| {
+            let owed = usize::try_from(self.stats.pending_bytes).unwrap_or(usize::MAX);
+            cap.saturating_sub(owed)
         });
         Limits {
             max_pending: self.config.max_pending,
             read_budget: self.config.read_budget,
-            global_pause_at,
+            global_headroom,
             reading_allowed: self.phase == Phase::Serving,
             mode: self.config.mode,
             print: self.config.print,
@@ -401,6 +401,9 @@ impl EventLoop {
                 if come_back {
                     self.revisit.push(Token(key));
                 }
+                // The global headroom may have moved while serving: decide on fresh limits.
+                let limits = self.limits();
+                let conn = &mut self.connections[key];
                 let wanted = conn.desired_interest(&limits);
                 if wanted != conn.registered {
                     trace!("token {key}: interest {:?} -> {wanted:?}", conn.registered);
