@@ -1,0 +1,239 @@
+//! echod's load generator: a readiness-based (mio) client that holds many connections,
+//! keeps messages in flight on each, checks every echoed byte, and reports throughput and
+//! latency percentiles (and, given the server's PID, the server's CPU per message and RSS).
+//!
+//! Two terminals:
+//!
+//! ```sh
+//! cargo run --release                                            # terminal 1: echod
+//! cargo run --release --example loadgen -- --conns 100 --size 64 # terminal 2
+//! cargo run --release --example loadgen -- --conns 1000 --pipeline 8 --threads 2 --json
+//! cargo run --release --example loadgen -- --conns 19000 --idle --duration 10
+//! ```
+//!
+//! Layout: `wire.rs` (the message format and its check), `worker.rs` (one thread's poll
+//! loop), `probe.rs` (the server's CPU and memory from `/proc`), `report.rs` (output).
+//!
+//! Exit status: 0 on a clean run; 1 if any echoed byte differed, a connection failed or
+//! was lost, or (with `--idle`) a connection did not answer; 2 for bad flags.
+
+mod probe;
+mod report;
+mod wire;
+mod worker;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use probe::Probe;
+use report::Report;
+use worker::{Plan, Shared};
+
+/// Load generator for echo servers: many connections, every byte checked, latency measured.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen")]
+struct Args {
+    /// Server address, HOST:PORT.
+    #[arg(long, default_value = "localhost:50007")]
+    addr: String,
+
+    /// Connections to open (one process reaches 19,000 with the default descriptor limit).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    conns: u32,
+
+    /// Message size in bytes, header included (at least 16).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(16..))]
+    size: u32,
+
+    /// Seconds to measure, after the warm-up (with --idle: seconds to hold).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+
+    /// Messages in flight per connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pipeline: u32,
+
+    /// Threads, each with its own Poll and share of the connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: u32,
+
+    /// Open-loop pacing: start this many messages per second in total (each still needs
+    /// room in its connection's pipeline). Default: closed loop, as fast as echoes return.
+    #[arg(long, value_name = "MSGS_PER_SEC")]
+    rate: Option<f64>,
+
+    /// Open the connections, hold them silent for --duration, then ping each once and
+    /// report how many answered.
+    #[arg(long)]
+    idle: bool,
+
+    /// Connects in flight at once while ramping up.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    connect_burst: u32,
+
+    /// Seconds allowed for all connections to come up.
+    #[arg(long, default_value_t = 60.0)]
+    connect_timeout: f64,
+
+    /// PID of the server under test: report its CPU time per message and its memory.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+
+    /// Print one JSON line instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            if report.clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(err) => {
+            eprintln!("loadgen: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration, String> {
+    let ok = value.is_finite() && (value > 0.0 || (allow_zero && value == 0.0)) && value < 1e7;
+    if ok {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!(
+            "--{name} must be a positive number of seconds, not {value}"
+        ))
+    }
+}
+
+fn run(args: &Args) -> Result<Report, String> {
+    let addr: SocketAddr = args
+        .addr
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {}: {err}", args.addr))?
+        .next()
+        .ok_or_else(|| format!("{} resolved to no address", args.addr))?;
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err("--rate must be a positive number".into());
+    }
+    let threads = args.threads.min(args.conns) as usize;
+    let plan = Plan {
+        addr,
+        size: args.size as usize,
+        pipeline: args.pipeline as usize,
+        warmup: if args.idle {
+            Duration::ZERO
+        } else {
+            seconds("warmup", args.warmup, true)?
+        },
+        duration: seconds("duration", args.duration, false)?,
+        idle: args.idle,
+        rate: args.rate.map(|r| r / threads as f64),
+        connects_in_flight: (args.connect_burst as usize).div_ceil(threads),
+        connect_timeout: seconds("connect-timeout", args.connect_timeout, false)?,
+    };
+
+    // One descriptor per connection: take all the process may have.
+    if let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        && soft < hard
+    {
+        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+    }
+
+    let probe = args.server_pid.map(Probe::new).transpose()?;
+    let rss_before = probe.as_ref().map(Probe::rss_kib).transpose()?;
+
+    let shared = Arc::new(Shared {
+        epoch: Instant::now(),
+        connected: Default::default(),
+        echoed: Default::default(),
+        ready: Barrier::new(threads),
+        start: OnceLock::new(),
+    });
+    let per_thread = args.conns as usize / threads;
+    let extra = args.conns as usize % threads;
+    let mut first_id = 0u32;
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let count = per_thread + usize::from(t < extra);
+        let (plan, shared) = (plan.clone(), Arc::clone(&shared));
+        let first = first_id;
+        handles.push(std::thread::spawn(move || {
+            worker::run(&plan, &shared, first, count)
+        }));
+        first_id += count as u32;
+    }
+
+    // The main thread watches: progress once a second, server samples at the window edges.
+    let began = Instant::now();
+    let mut next_progress = began + Duration::from_secs(1);
+    let mut last_echoed = 0;
+    let mut window_cpu = (None, None);
+    let mut rss_loaded = None;
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Instant::now();
+        if let (Some(probe), Some(&start)) = (&probe, shared.start.get()) {
+            let (from, to) = if plan.idle {
+                // Sample memory half-way through the hold, when everyone is connected.
+                (start + plan.duration / 2, start + plan.duration)
+            } else {
+                (start + plan.warmup, start + plan.warmup + plan.duration)
+            };
+            if now >= from && window_cpu.0.is_none() {
+                window_cpu.0 = Some(probe.cpu_seconds()?);
+                rss_loaded = Some(probe.rss_kib()?);
+            }
+            if now >= to && window_cpu.1.is_none() {
+                window_cpu.1 = Some(probe.cpu_seconds()?);
+            }
+        }
+        if now >= next_progress {
+            let echoed = shared.echoed.load(Ordering::Relaxed);
+            eprintln!(
+                "[{:5.1}s] conns up {}/{}  msgs/s {}",
+                (now - began).as_secs_f64(),
+                shared.connected.load(Ordering::Relaxed),
+                args.conns,
+                echoed - last_echoed
+            );
+            last_echoed = echoed;
+            next_progress += Duration::from_secs(1);
+        }
+    }
+
+    let mut report = Report::new(args.conns as u64, plan.size, plan.duration, plan.idle);
+    for handle in handles {
+        let outcome = handle
+            .join()
+            .map_err(|_| "a worker thread panicked".to_string())?
+            .map_err(|err| format!("worker: {err}"))?;
+        report.add(outcome);
+    }
+    if let (Some(a), Some(b)) = window_cpu {
+        report.server_cpu_s = Some(b - a);
+    }
+    report.server_rss_before_kib = rss_before;
+    report.server_rss_loaded_kib = rss_loaded;
+    Ok(report)
+}

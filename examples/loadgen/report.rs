@@ -1,0 +1,209 @@
+//! The load generator's results: merged across threads, printed as a table or JSON.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::worker::Outcome;
+
+pub struct Report {
+    conns_requested: u64,
+    size: usize,
+    duration: Duration,
+    idle: bool,
+    latency: Histogram<u64>,
+    msgs: u64,
+    connected: u64,
+    connect_failures: u64,
+    mismatches: u64,
+    resets: u64,
+    eofs: u64,
+    answered: u64,
+    behind: u64,
+    /// Server CPU seconds used during the measured window.
+    pub server_cpu_s: Option<f64>,
+    pub server_rss_before_kib: Option<u64>,
+    pub server_rss_loaded_kib: Option<u64>,
+}
+
+impl Report {
+    pub fn new(conns_requested: u64, size: usize, duration: Duration, idle: bool) -> Report {
+        Report {
+            conns_requested,
+            size,
+            duration,
+            idle,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("histogram"),
+            msgs: 0,
+            connected: 0,
+            connect_failures: 0,
+            mismatches: 0,
+            resets: 0,
+            eofs: 0,
+            answered: 0,
+            behind: 0,
+            server_cpu_s: None,
+            server_rss_before_kib: None,
+            server_rss_loaded_kib: None,
+        }
+    }
+
+    pub fn add(&mut self, outcome: Outcome) {
+        let _ = self.latency.add(&outcome.latency);
+        self.msgs += outcome.msgs;
+        self.connected += outcome.connected;
+        self.connect_failures += outcome.connect_failures;
+        self.mismatches += outcome.mismatches;
+        self.resets += outcome.resets;
+        self.eofs += outcome.eofs;
+        self.answered += outcome.answered;
+        self.behind += outcome.behind;
+    }
+
+    /// Errors of every kind after the connections were up.
+    fn errors(&self) -> u64 {
+        self.mismatches + self.resets + self.eofs
+    }
+
+    /// No byte differed, nothing failed, and (idle) everyone answered.
+    pub fn clean(&self) -> bool {
+        self.errors() == 0
+            && self.connect_failures == 0
+            && (!self.idle || self.answered == self.conns_requested)
+    }
+
+    fn msgs_per_s(&self) -> f64 {
+        self.msgs as f64 / self.duration.as_secs_f64()
+    }
+
+    fn micros(&self, quantile: f64) -> f64 {
+        if self.latency.is_empty() {
+            return 0.0;
+        }
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    fn cpu_us_per_msg(&self) -> Option<f64> {
+        let msgs = if self.idle { self.answered } else { self.msgs };
+        self.server_cpu_s
+            .filter(|_| msgs > 0)
+            .map(|cpu| cpu * 1e6 / msgs as f64)
+    }
+
+    fn rss_per_conn_kib(&self) -> Option<f64> {
+        match (self.server_rss_before_kib, self.server_rss_loaded_kib) {
+            (Some(before), Some(loaded)) if self.connected > 0 => {
+                Some((loaded as f64 - before as f64) / self.connected as f64)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "connections   {} up of {} ({} failed)",
+            self.connected, self.conns_requested, self.connect_failures
+        );
+        if self.idle {
+            let _ = writeln!(
+                t,
+                "idle          held {:.1} s, then {} of {} answered a ping",
+                self.duration.as_secs_f64(),
+                self.answered,
+                self.connected
+            );
+        } else {
+            let _ = writeln!(
+                t,
+                "messages      {} of {} B in {:.1} s: {:.0} msgs/s, {:.2} MB/s",
+                self.msgs,
+                self.size,
+                self.duration.as_secs_f64(),
+                self.msgs_per_s(),
+                self.msgs_per_s() * self.size as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            t,
+            "latency µs    p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            self.micros(0.5),
+            self.micros(0.9),
+            self.micros(0.99),
+            self.micros(0.999),
+            self.latency.max() as f64 / 1000.0
+        );
+        let _ = writeln!(
+            t,
+            "errors        {} mismatched, {} reset, {} closed by server{}",
+            self.mismatches,
+            self.resets,
+            self.eofs,
+            if self.behind > 0 {
+                format!(
+                    ", {} paced messages never sent (pipeline full)",
+                    self.behind
+                )
+            } else {
+                String::new()
+            }
+        );
+        if let Some(cpu) = self.cpu_us_per_msg() {
+            let _ = writeln!(t, "server CPU    {cpu:.2} µs per message");
+        }
+        if let (Some(before), Some(loaded)) =
+            (self.server_rss_before_kib, self.server_rss_loaded_kib)
+        {
+            let _ = writeln!(
+                t,
+                "server RSS    {before} KiB before, {loaded} KiB loaded, {:.3} KiB per connection",
+                self.rss_per_conn_kib().unwrap_or(0.0)
+            );
+        }
+        t
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut j = String::from("{");
+        let mut field = |name: &str, value: String| {
+            if j.len() > 1 {
+                j.push(',');
+            }
+            let _ = write!(j, "\"{name}\":{value}");
+        };
+        let num = |v: f64| format!("{v:.3}");
+        let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
+        field("conns", self.connected.to_string());
+        field("size", self.size.to_string());
+        field("duration_s", num(self.duration.as_secs_f64()));
+        field("msgs", self.msgs.to_string());
+        field("msgs_per_s", num(self.msgs_per_s()));
+        field("mb_per_s", num(self.msgs_per_s() * self.size as f64 / 1e6));
+        field("p50_us", num(self.micros(0.5)));
+        field("p90_us", num(self.micros(0.9)));
+        field("p99_us", num(self.micros(0.99)));
+        field("p999_us", num(self.micros(0.999)));
+        field("max_us", num(self.latency.max() as f64 / 1000.0));
+        field("errors", self.errors().to_string());
+        field("connect_failures", self.connect_failures.to_string());
+        field("mismatches", self.mismatches.to_string());
+        field("resets", self.resets.to_string());
+        field("eofs", self.eofs.to_string());
+        field("answered", self.answered.to_string());
+        field("behind", self.behind.to_string());
+        field("server_cpu_us_per_msg", opt(self.cpu_us_per_msg()));
+        field(
+            "server_rss_before_kib",
+            opt(self.server_rss_before_kib.map(|v| v as f64)),
+        );
+        field(
+            "server_rss_loaded_kib",
+            opt(self.server_rss_loaded_kib.map(|v| v as f64)),
+        );
+        field("server_rss_per_conn_kib", opt(self.rss_per_conn_kib()));
+        j.push('}');
+        j
+    }
+}
