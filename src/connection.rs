@@ -156,11 +156,14 @@ impl Connection {
     /// is decided. (Never empty: mio needs at least one interest, and READABLE also brings
     /// the hang-up and error reports.)
     pub(crate) fn desired_interest(&self, limits: &Limits) -> Interest {
+        if self.pending.is_empty() {
+            return Interest::READABLE; // the common case, decided first: it runs per message
+        }
         let wants_read = limits.reading_allowed && !self.read_eof && self.read_room(limits, 0) > 0;
-        match (wants_read, !self.pending.is_empty()) {
-            (_, false) => Interest::READABLE,
-            (true, true) => Interest::READABLE | Interest::WRITABLE,
-            (false, true) => Interest::WRITABLE,
+        if wants_read {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::WRITABLE
         }
     }
 

@@ -389,11 +389,14 @@ impl EventLoop {
         let owed_after = conn.pending_len();
         let (read_any, wrote_any) = (conn.bytes_in != in_before, conn.bytes_out != out_before);
 
-        self.stats.pending_bytes =
-            self.stats.pending_bytes + owed_after as u64 - owed_before as u64;
-        self.stats.peak_pending_bytes = self.stats.peak_pending_bytes.max(self.stats.pending_bytes);
-        self.stats.peak_pending_connection =
-            self.stats.peak_pending_connection.max(owed_after as u64);
+        if owed_after != owed_before {
+            self.stats.pending_bytes =
+                self.stats.pending_bytes + owed_after as u64 - owed_before as u64;
+            self.stats.peak_pending_bytes =
+                self.stats.peak_pending_bytes.max(self.stats.pending_bytes);
+            self.stats.peak_pending_connection =
+                self.stats.peak_pending_connection.max(owed_after as u64);
+        }
 
         match outcome {
             Outcome::Finished(reason) => self.mark_closing(key, reason),
@@ -401,8 +404,13 @@ impl EventLoop {
                 if come_back {
                     self.revisit.push(Token(key));
                 }
-                // The global headroom may have moved while serving: decide on fresh limits.
-                let limits = self.limits();
+                // With a global cap, the headroom moved while serving: decide on fresh limits.
+                let limits = if owed_after != owed_before && self.config.max_pending_total.is_some()
+                {
+                    self.limits()
+                } else {
+                    limits
+                };
                 let conn = &mut self.connections[key];
                 let wanted = conn.desired_interest(&limits);
                 if wanted != conn.registered {
