@@ -13,6 +13,9 @@
 //!    shared buffer; only what the socket will not take is copied into [`PendingOutput`].
 //! 4. **Interest follows state.** [`Connection::desired_interest`] derives it in one place;
 //!    the loop re-registers only when it changes (WRITABLE only while something is owed).
+//! 5. **Close gracefully.** After the client's EOF, finish what is owed, then send our FIN.
+//!    When the server stops first, flush, send our FIN, then read and drop until the
+//!    client's EOF (`linger`): closing with unread input would reset the connection.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -30,10 +33,13 @@ use crate::timers::Links;
 /// What `poll` said about a socket, or nothing at all when the loop revisits it.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Ready {
+    /// Bytes (or an EOF, or an error) can be read without blocking.
     pub readable: bool,
+    /// The send buffer has room again.
     pub writable: bool,
     /// The peer sent FIN (EPOLLRDHUP): data may still be queued before the EOF.
     pub read_closed: bool,
+    /// The socket has a pending error (EPOLLERR), e.g. a reset.
     pub error: bool,
 }
 
@@ -59,7 +65,9 @@ pub(crate) struct Limits {
     pub global_headroom: Option<usize>,
     /// False once the server is stopping: flush what is owed, read nothing new.
     pub reading_allowed: bool,
+    /// What to answer with: the bytes read, `Got it!`, or nothing.
     pub mode: Mode,
+    /// `--print`: say on stdout what was heard.
     pub print: bool,
 }
 

@@ -62,10 +62,14 @@ const WARN_INTERVAL: Duration = Duration::from_secs(1);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct Server {
+    /// The one poll instance; listeners and the waker are registered with it already.
     poll: Poll,
+    /// Bound, registered listening sockets, in `--listen` order.
     listeners: Vec<Listener>,
     config: Config,
+    /// Cloned out to callers by [`Server::handle`].
     handle: ServerHandle,
+    /// Where the handles' requests arrive; handed to the loop by [`Server::run`].
     inbox: Receiver<Request>,
     /// Keeps the waker registered for as long as the server lives.
     _waker: Arc<Waker>,
@@ -73,7 +77,9 @@ pub struct Server {
 
 /// A listening socket and the address it actually got (port 0 becomes a real port).
 struct Listener {
+    /// Registered under `listener_token(index)`.
     socket: TcpListener,
+    /// The bound address, with the real port when 0 was asked for.
     addr: SocketAddr,
 }
 
@@ -127,7 +133,7 @@ impl Server {
     pub fn run(self) -> io::Result<Stats> {
         let mut event_loop = EventLoop::new(self)?;
         event_loop.run()?;
-        info!("exiting: {}", event_loop.stats.to_text());
+        event_loop.log_stats("exiting:");
         Ok(event_loop.stats)
     }
 }
@@ -148,14 +154,17 @@ enum Phase {
 
 /// Everything the running loop owns.
 struct EventLoop {
+    /// The one poll instance: every socket, the waker and the signal pipe report here.
     poll: Poll,
     /// Listening sockets; emptied (closed) when shutdown begins.
     listeners: Vec<Listener>,
+    /// The settings, as validated by the caller.
     config: Config,
     /// Every open connection; the slab key is the connection's `Token`.
     connections: Slab<Connection>,
     /// The one read buffer the whole loop shares: no buffer per connection or message.
     scratch: Box<[u8]>,
+    /// The counters handed back by `run` (and to `ServerHandle::stats`).
     stats: Stats,
     /// Tokens (connections and listeners) to serve again next turn because they stopped
     /// before `WouldBlock`; filled during a turn, taken at the next turn's revisit phase.
@@ -175,14 +184,19 @@ struct EventLoop {
     /// Listeners are retried at this time after `accept` failed for want of resources:
     /// with edge triggering, connections already queued raise no new event.
     accept_retry_at: Option<Instant>,
+    /// Serving, or draining towards the exit.
     phase: Phase,
     /// Requests from [`ServerHandle`]s, announced by the waker.
     inbox: Receiver<Request>,
+    /// SIGINT, SIGTERM and SIGUSR1 as a pollable pipe (only when `handle_signals`).
     signals: Option<Signals>,
+    /// When the next `--stats-interval` line is due.
     next_stats_at: Option<Instant>,
     /// Read once per turn, right after `poll`: the only clock the loop consults.
     now: Instant,
+    /// Keeps "rejected" warnings to one a second.
     reject_warnings: RateLimit,
+    /// Keeps "accept failed" warnings to one a second.
     accept_warnings: RateLimit,
     /// Keeps the waker registered for the loop's lifetime.
     _waker: Arc<Waker>,
@@ -650,7 +664,7 @@ impl EventLoop {
         if let (Some(at), Some(every)) = (self.next_stats_at, self.config.stats_interval)
             && at <= self.now
         {
-            self.log_stats();
+            self.log_stats("stats");
             // Skip ticks missed while busy rather than firing them all at once.
             let next = at + every;
             self.next_stats_at = Some(if next > self.now {
@@ -680,12 +694,13 @@ impl EventLoop {
         }
     }
 
-    fn log_stats(&self) {
+    /// One line of counters: `label key=value …` at info, or with `--stats-json` a bare JSON
+    /// object on stdout, so scripts need no log parsing.
+    fn log_stats(&self, label: &str) {
         if self.config.stats_json {
-            // A bare JSON line on stdout, so scripts need no log parsing.
             println!("{}", self.stats.to_json());
         } else {
-            info!("stats {}", self.stats.to_text());
+            info!("{label} {}", self.stats.to_text());
         }
     }
 
@@ -715,7 +730,7 @@ impl EventLoop {
         for signal in received {
             let flow = match signal {
                 SIGUSR1 => {
-                    self.log_stats();
+                    self.log_stats("stats");
                     Flow::Continue
                 }
                 SIGINT => self.request_stop("SIGINT"),
@@ -798,7 +813,9 @@ enum Flow {
 /// Lets a repeated warning through at most once per [`WARN_INTERVAL`], counting the rest.
 #[derive(Debug, Default)]
 struct RateLimit {
+    /// When a warning last went out.
     last: Option<Instant>,
+    /// Warnings held back since then.
     suppressed: u64,
 }
 

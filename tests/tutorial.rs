@@ -5,30 +5,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener};
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use common::{BinaryServer, TestServer, read_to_end, round_trip};
 use echod::{Config, Mode};
 
-/// The example client, built by `cargo test` alongside the tests.
-fn client() -> Command {
-    let mut path: PathBuf = std::env::current_exe().unwrap();
-    path.pop(); // the test binary
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.push("examples/client");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test` (which builds the examples) or `cargo build --examples`",
-        path.display()
-    );
-    Command::new(path)
-}
-
 fn run_client(server_port: u16, args: &[&str], stdin: &str) -> Output {
-    let mut child = client()
+    let mut child = common::example("client")
         .args([
             "--host",
             "127.0.0.1",

@@ -76,28 +76,3 @@ pub fn pattern(size: usize) -> Vec<u8> {
         .map(|i| (i.wrapping_mul(131) >> 3) as u8)
         .collect()
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn any_range_regenerates_the_same_bytes() {
-        let pattern = pattern(40);
-        let stamps = [11, 22, 33];
-        let stream = Stream {
-            size: 40,
-            pattern: &pattern,
-            conn_id: 7,
-            sent_at: &stamps,
-        };
-        let mut whole = vec![0; 200];
-        stream.fill(0, &mut whole);
-        let mut piece = vec![0; 57];
-        stream.fill(61, &mut piece);
-        assert_eq!(piece, whole[61..118]);
-        // Message 1's header: seq 1 and its timestamp, both big-endian.
-        assert_eq!(whole[40..48], 1u64.to_be_bytes());
-        assert_eq!(whole[48..56], 22u64.to_be_bytes());
-    }
-}

@@ -244,3 +244,20 @@ impl Drop for BinaryServer {
         let _ = self.child.wait();
     }
 }
+
+/// An example program built by `cargo test` (which builds every example alongside the tests).
+pub fn example(name: &str) -> std::process::Command {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop(); // the test binary
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.push("examples");
+    path.push(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` (which builds the examples) or `cargo build --examples`",
+        path.display()
+    );
+    std::process::Command::new(path)
+}

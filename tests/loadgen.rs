@@ -1,0 +1,126 @@
+//! The load generator against real servers: it must count what it should and catch what
+//! it must (its speed is measured by `examples/bench.py`, not here).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Output;
+
+use common::{TestServer, example};
+
+fn loadgen(addr: std::net::SocketAddr, args: &[&str]) -> (Output, String) {
+    let out = example("loadgen")
+        .args(["--addr", &addr.to_string(), "--json", "--warmup", "0"])
+        .args(args)
+        .output()
+        .unwrap();
+    let json = String::from_utf8(out.stdout.clone()).unwrap();
+    (out, json)
+}
+
+/// The integer (or float, truncated) value of `"key":` in a flat JSON line.
+fn field(json: &str, key: &str) -> u64 {
+    let start = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + key.len()
+        + 3;
+    let digits: String = json[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().unwrap()
+}
+
+#[test]
+fn a_clean_run_checks_every_byte_and_counts_what_the_server_counts() {
+    let server = TestServer::start();
+    let (out, json) = loadgen(
+        server.addr(),
+        &[
+            "--conns",
+            "20",
+            "--size",
+            "100",
+            "--pipeline",
+            "4",
+            "--threads",
+            "2",
+            "--duration",
+            "0.5",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert_eq!(field(&json, "conns"), 20);
+    assert_eq!(field(&json, "errors"), 0);
+    assert_eq!(field(&json, "connect_failures"), 0);
+    let msgs = field(&json, "msgs");
+    assert!(msgs > 0, "{json}");
+    let stats = server.wait_for("the load generator's connections to close", |s| {
+        s.closed_total() == 20
+    });
+    assert_eq!(stats.accepted, 20);
+    // Every message the load generator counted came back whole through the server.
+    assert!(stats.bytes_out >= msgs * 100);
+    assert_eq!(stats.bytes_in % 100, 0, "only whole messages are sent");
+}
+
+#[test]
+fn idle_mode_holds_every_connection_and_pings_each_once() {
+    let server = TestServer::start();
+    let (out, json) = loadgen(
+        server.addr(),
+        &["--conns", "300", "--idle", "--duration", "0.3"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert_eq!(field(&json, "answered"), 300);
+    let stats = server.wait_for("all closed", |s| s.closed_total() == 300);
+    assert_eq!(stats.peak_active, 300);
+    assert_eq!((stats.bytes_in, stats.bytes_out), (300 * 64, 300 * 64));
+}
+
+#[test]
+fn a_corrupting_server_is_caught_and_fails_the_run() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = [0; 4096];
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            // Echo faithfully, except one byte of the second message.
+            for (i, byte) in buf[..n].iter_mut().enumerate() {
+                if total + i == 64 + 20 {
+                    *byte ^= 1;
+                }
+            }
+            total += n;
+            if stream.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let (out, json) = loadgen(addr, &["--conns", "1", "--duration", "0.3"]);
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert_eq!(field(&json, "mismatches"), 1);
+}
+
+#[test]
+fn nobody_listening_is_a_counted_connect_failure() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (out, json) = loadgen(
+        ([127, 0, 0, 1], port).into(),
+        &["--conns", "5", "--duration", "0.1"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert_eq!(field(&json, "connect_failures"), 5);
+    assert_eq!(field(&json, "conns"), 0);
+}
