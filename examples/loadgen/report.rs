@@ -3,8 +3,6 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
-
 use crate::worker::Outcome;
 
 pub struct Report {
@@ -12,15 +10,8 @@ pub struct Report {
     size: usize,
     duration: Duration,
     idle: bool,
-    latency: Histogram<u64>,
-    msgs: u64,
-    connected: u64,
-    connect_failures: u64,
-    mismatches: u64,
-    resets: u64,
-    eofs: u64,
-    answered: u64,
-    behind: u64,
+    /// Every thread's counts, added up.
+    totals: Outcome,
     /// Server CPU seconds used during the measured window.
     pub server_cpu_s: Option<f64>,
     pub server_rss_before_kib: Option<u64>,
@@ -34,15 +25,7 @@ impl Report {
             size,
             duration,
             idle,
-            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("histogram"),
-            msgs: 0,
-            connected: 0,
-            connect_failures: 0,
-            mismatches: 0,
-            resets: 0,
-            eofs: 0,
-            answered: 0,
-            behind: 0,
+            totals: Outcome::new(),
             server_cpu_s: None,
             server_rss_before_kib: None,
             server_rss_loaded_kib: None,
@@ -50,42 +33,38 @@ impl Report {
     }
 
     pub fn add(&mut self, outcome: Outcome) {
-        let _ = self.latency.add(&outcome.latency);
-        self.msgs += outcome.msgs;
-        self.connected += outcome.connected;
-        self.connect_failures += outcome.connect_failures;
-        self.mismatches += outcome.mismatches;
-        self.resets += outcome.resets;
-        self.eofs += outcome.eofs;
-        self.answered += outcome.answered;
-        self.behind += outcome.behind;
+        self.totals.merge(&outcome);
     }
 
     /// Errors of every kind after the connections were up.
     fn errors(&self) -> u64 {
-        self.mismatches + self.resets + self.eofs
+        self.totals.mismatches + self.totals.resets + self.totals.eofs
     }
 
     /// No byte differed, nothing failed, and (idle) everyone answered.
     pub fn clean(&self) -> bool {
         self.errors() == 0
-            && self.connect_failures == 0
-            && (!self.idle || self.answered == self.conns_requested)
+            && self.totals.connect_failures == 0
+            && (!self.idle || self.totals.answered == self.conns_requested)
     }
 
     fn msgs_per_s(&self) -> f64 {
-        self.msgs as f64 / self.duration.as_secs_f64()
+        self.totals.msgs as f64 / self.duration.as_secs_f64()
     }
 
     fn micros(&self, quantile: f64) -> f64 {
-        if self.latency.is_empty() {
+        if self.totals.latency.is_empty() {
             return 0.0;
         }
-        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+        self.totals.latency.value_at_quantile(quantile) as f64 / 1000.0
     }
 
     fn cpu_us_per_msg(&self) -> Option<f64> {
-        let msgs = if self.idle { self.answered } else { self.msgs };
+        let msgs = if self.idle {
+            self.totals.answered
+        } else {
+            self.totals.msgs
+        };
         self.server_cpu_s
             .filter(|_| msgs > 0)
             .map(|cpu| cpu * 1e6 / msgs as f64)
@@ -93,8 +72,8 @@ impl Report {
 
     fn rss_per_conn_kib(&self) -> Option<f64> {
         match (self.server_rss_before_kib, self.server_rss_loaded_kib) {
-            (Some(before), Some(loaded)) if self.connected > 0 => {
-                Some((loaded as f64 - before as f64) / self.connected as f64)
+            (Some(before), Some(loaded)) if self.totals.connected > 0 => {
+                Some((loaded as f64 - before as f64) / self.totals.connected as f64)
             }
             _ => None,
         }
@@ -105,21 +84,21 @@ impl Report {
         let _ = writeln!(
             t,
             "connections   {} up of {} ({} failed)",
-            self.connected, self.conns_requested, self.connect_failures
+            self.totals.connected, self.conns_requested, self.totals.connect_failures
         );
         if self.idle {
             let _ = writeln!(
                 t,
                 "idle          held {:.1} s, then {} of {} answered a ping",
                 self.duration.as_secs_f64(),
-                self.answered,
-                self.connected
+                self.totals.answered,
+                self.totals.connected
             );
         } else {
             let _ = writeln!(
                 t,
                 "messages      {} of {} B in {:.1} s: {:.0} msgs/s, {:.2} MB/s",
-                self.msgs,
+                self.totals.msgs,
                 self.size,
                 self.duration.as_secs_f64(),
                 self.msgs_per_s(),
@@ -133,18 +112,18 @@ impl Report {
             self.micros(0.9),
             self.micros(0.99),
             self.micros(0.999),
-            self.latency.max() as f64 / 1000.0
+            self.totals.latency.max() as f64 / 1000.0
         );
         let _ = writeln!(
             t,
             "errors        {} mismatched, {} reset, {} closed by server{}",
-            self.mismatches,
-            self.resets,
-            self.eofs,
-            if self.behind > 0 {
+            self.totals.mismatches,
+            self.totals.resets,
+            self.totals.eofs,
+            if self.totals.behind > 0 {
                 format!(
                     ", {} paced messages never sent (pipeline full)",
-                    self.behind
+                    self.totals.behind
                 )
             } else {
                 String::new()
@@ -175,24 +154,24 @@ impl Report {
         };
         let num = |v: f64| format!("{v:.3}");
         let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
-        field("conns", self.connected.to_string());
+        field("conns", self.totals.connected.to_string());
         field("size", self.size.to_string());
         field("duration_s", num(self.duration.as_secs_f64()));
-        field("msgs", self.msgs.to_string());
+        field("msgs", self.totals.msgs.to_string());
         field("msgs_per_s", num(self.msgs_per_s()));
         field("mb_per_s", num(self.msgs_per_s() * self.size as f64 / 1e6));
         field("p50_us", num(self.micros(0.5)));
         field("p90_us", num(self.micros(0.9)));
         field("p99_us", num(self.micros(0.99)));
         field("p999_us", num(self.micros(0.999)));
-        field("max_us", num(self.latency.max() as f64 / 1000.0));
+        field("max_us", num(self.totals.latency.max() as f64 / 1000.0));
         field("errors", self.errors().to_string());
-        field("connect_failures", self.connect_failures.to_string());
-        field("mismatches", self.mismatches.to_string());
-        field("resets", self.resets.to_string());
-        field("eofs", self.eofs.to_string());
-        field("answered", self.answered.to_string());
-        field("behind", self.behind.to_string());
+        field("connect_failures", self.totals.connect_failures.to_string());
+        field("mismatches", self.totals.mismatches.to_string());
+        field("resets", self.totals.resets.to_string());
+        field("eofs", self.totals.eofs.to_string());
+        field("answered", self.totals.answered.to_string());
+        field("behind", self.totals.behind.to_string());
         field("server_cpu_us_per_msg", opt(self.cpu_us_per_msg()));
         field(
             "server_rss_before_kib",

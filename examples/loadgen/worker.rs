@@ -76,6 +76,37 @@ pub struct Outcome {
     pub behind: u64,
 }
 
+impl Outcome {
+    /// Nothing counted yet.
+    pub fn new() -> Outcome {
+        Outcome {
+            // Nanoseconds, from 1 ns to an hour, at 3 significant figures.
+            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("histogram bounds"),
+            msgs: 0,
+            connected: 0,
+            connect_failures: 0,
+            mismatches: 0,
+            resets: 0,
+            eofs: 0,
+            answered: 0,
+            behind: 0,
+        }
+    }
+
+    /// Adds another thread's counts to these.
+    pub fn merge(&mut self, other: &Outcome) {
+        let _ = self.latency.add(&other.latency);
+        self.msgs += other.msgs;
+        self.connected += other.connected;
+        self.connect_failures += other.connect_failures;
+        self.mismatches += other.mismatches;
+        self.resets += other.resets;
+        self.eofs += other.eofs;
+        self.answered += other.answered;
+        self.behind += other.behind;
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Connecting,
@@ -128,17 +159,7 @@ pub fn run(plan: &Plan, shared: &Shared, first_id: u32, count: usize) -> io::Res
         now_ns: 0,
         window_start: u64::MAX,
         window_end: u64::MAX,
-        out: Outcome {
-            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("histogram bounds"),
-            msgs: 0,
-            connected: 0,
-            connect_failures: 0,
-            mismatches: 0,
-            resets: 0,
-            eofs: 0,
-            answered: 0,
-            behind: 0,
-        },
+        out: Outcome::new(),
     };
     let mut conns = worker.ramp(&mut poll, &mut events, first_id, count)?;
 
@@ -264,7 +285,7 @@ impl Worker<'_> {
         for conn in conns.iter_mut() {
             if self.plan.rate.is_some() {
                 conn.allowed = 0; // each message waits for the pacer's permission
-            } else {
+            } else if conn.phase == Phase::Open {
                 self.pump_writes(conn);
             }
         }
@@ -385,13 +406,8 @@ impl Worker<'_> {
                 let slot = (seq % conn.sent_at.len() as u64) as usize;
                 conn.sent_at[slot] = self.now_ns;
             }
-            let stream = Stream {
-                size: self.plan.size,
-                pattern: &self.pattern,
-                conn_id: conn.id,
-                sent_at: &conn.sent_at,
-            };
-            stream.fill(conn.written, &mut self.write_buf[..len]);
+            conn.stream_view(self.plan.size, &self.pattern)
+                .fill(conn.written, &mut self.write_buf[..len]);
             match conn.stream.write(&self.write_buf[..len]) {
                 Ok(n) => conn.written += n as u64,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
@@ -427,13 +443,8 @@ impl Worker<'_> {
                 conn.phase = Phase::Closed;
                 return completed_now;
             }
-            let stream = Stream {
-                size: self.plan.size,
-                pattern: &self.pattern,
-                conn_id: conn.id,
-                sent_at: &conn.sent_at,
-            };
-            stream.fill(conn.received, &mut self.expect_buf[..n]);
+            conn.stream_view(self.plan.size, &self.pattern)
+                .fill(conn.received, &mut self.expect_buf[..n]);
             if self.read_buf[..n] != self.expect_buf[..n] {
                 self.out.mismatches += 1;
                 conn.phase = Phase::Closed;
@@ -477,6 +488,16 @@ impl Conn {
             received: 0,
             allowed: u64::MAX,
             sent_at: vec![0; pipeline].into_boxed_slice(),
+        }
+    }
+
+    /// What this connection's outgoing stream looks like, to regenerate any part of it.
+    fn stream_view<'a>(&'a self, size: usize, pattern: &'a [u8]) -> Stream<'a> {
+        Stream {
+            size,
+            pattern,
+            conn_id: self.id,
+            sent_at: &self.sent_at,
         }
     }
 
