@@ -123,5 +123,9 @@ fn nobody_listening_is_a_counted_connect_failure() {
     assert_eq!(out.status.code(), Some(1), "{json}");
     assert_eq!(field(&json, "connect_failures"), 5);
     assert_eq!(field(&json, "conns"), 0);
-    assert_eq!(field(&json, "errors"), 0, "a failed connect is not also a reset");
+    assert_eq!(
+        field(&json, "errors"),
+        0,
+        "a failed connect is not also a reset"
+    );
 }
