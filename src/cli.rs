@@ -31,8 +31,8 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PENDING, value_parser = parse_bytes)]
     pub max_pending: usize,
 
-    /// Cap on all connections' unsent output together; above it, the connections owing
-    /// the most stop being read until it falls. Default: no global cap.
+    /// Cap on all connections' unsent output together; at the cap, connections owing
+    /// anything stop reading until their own output drains. Default: no global cap.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_pending_total: Option<usize>,
 

@@ -254,6 +254,9 @@ impl EventLoop {
             trace!("poll (timeout {timeout:?})");
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if interrupted(&err) {
+                    // A signal landed while we slept; if it was one of ours, the signal
+                    // pipe is now readable and the next poll reports it.
+                    trace!("poll interrupted by a signal");
                     continue;
                 }
                 return Err(err);
