@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -701,7 +701,10 @@ impl EventLoop {
     /// object on stdout, so scripts need no log parsing.
     fn log_stats(&self, label: &str) {
         if self.config.stats_json {
-            println!("{}", self.stats.to_json());
+            // Not println!: a closed stdout (`echod --stats-json | head -1`) must not panic
+            // the server. The stats are lost, the echo goes on.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", self.stats.to_json()).and_then(|()| out.flush());
         } else {
             info!("{label} {}", self.stats.to_text());
         }

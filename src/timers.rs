@@ -103,3 +103,76 @@ impl DeadlineList {
         Some((key, since))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    /// A slab of `n` real (loopback) connections, the lists' only habitat.
+    fn slab_of(n: usize) -> (Slab<Connection>, Vec<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut slab = Slab::new();
+        let mut peers = Vec::new();
+        for _ in 0..n {
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server_side, peer) = listener.accept().unwrap();
+            let socket = mio::net::TcpStream::from_std(server_side);
+            slab.insert(Connection::new(socket, peer));
+            peers.push(client);
+        }
+        (slab, peers)
+    }
+
+    /// Keys from oldest to newest, by walking the links.
+    fn order(list: &DeadlineList, slab: &mut Slab<Connection>) -> Vec<usize> {
+        let mut keys = Vec::new();
+        let mut at = list.head;
+        while let Some(key) = at {
+            keys.push(key);
+            at = link(&mut slab[key], list.which).next;
+        }
+        keys
+    }
+
+    #[test]
+    fn touch_moves_to_the_back_and_remove_unlinks_from_anywhere() {
+        let (mut slab, _peers) = slab_of(4);
+        let t0 = Instant::now();
+        let mut list = DeadlineList::new(Which::Idle);
+        for key in 0..4 {
+            list.touch(&mut slab, key, t0 + Duration::from_millis(key as u64));
+        }
+        assert_eq!(order(&list, &mut slab), [0, 1, 2, 3]);
+        list.touch(&mut slab, 1, t0 + Duration::from_millis(10)); // from the middle
+        list.touch(&mut slab, 0, t0 + Duration::from_millis(11)); // from the head
+        assert_eq!(order(&list, &mut slab), [2, 3, 1, 0]);
+        assert_eq!(
+            list.oldest(&mut slab),
+            Some((2, t0 + Duration::from_millis(2)))
+        );
+        list.remove(&mut slab, 0); // the tail
+        list.remove(&mut slab, 3); // the middle
+        list.remove(&mut slab, 3); // again: a no-op
+        assert_eq!(order(&list, &mut slab), [2, 1]);
+        list.remove(&mut slab, 2);
+        list.remove(&mut slab, 1);
+        assert_eq!(list.oldest(&mut slab), None);
+        assert_eq!((list.head, list.tail), (None, None));
+    }
+
+    #[test]
+    fn the_two_lists_are_independent() {
+        let (mut slab, _peers) = slab_of(2);
+        let now = Instant::now();
+        let mut idle = DeadlineList::new(Which::Idle);
+        let mut stall = DeadlineList::new(Which::Stall);
+        idle.touch(&mut slab, 0, now);
+        idle.touch(&mut slab, 1, now);
+        stall.touch(&mut slab, 1, now);
+        idle.remove(&mut slab, 1);
+        assert_eq!(order(&idle, &mut slab), [0]);
+        assert_eq!(order(&stall, &mut slab), [1]);
+    }
+}
