@@ -13,11 +13,11 @@ use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_LISTEN, DEFAULT_MAX_PENDING
 pub struct Args {
     /// Address to listen on, HOST:PORT; repeatable. A host name is resolved and every
     /// address it yields is bound ("localhost" means 127.0.0.1 and ::1).
-    /// Use [::]:PORT for every interface, IPv4 and IPv6 alike.
+    /// Use `[::]:PORT` for every interface, IPv4 and IPv6 alike.
     #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: Vec<String>,
 
-    /// Make [::] listeners IPv6 only (by default they also accept IPv4 clients).
+    /// Make `[::]` listeners IPv6 only (by default they also accept IPv4 clients).
     #[arg(long)]
     pub ipv6_only: bool,
 
