@@ -16,11 +16,13 @@ use slab::Slab;
 
 use crate::connection::Connection;
 
-/// One list's link in one connection.
+/// One list's link in one connection. Neighbours are slab keys stored as `u32`: keys stay
+/// below the number of open sockets, which Linux caps under 2^30 (`fs.nr_open`), and every
+/// connection is 32 bytes smaller for it.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Link {
-    prev: Option<usize>,
-    next: Option<usize>,
+    prev: Option<u32>,
+    next: Option<u32>,
     /// When this connection's clock last restarted; `None` while not in the list.
     since: Option<Instant>,
 }
@@ -50,8 +52,8 @@ fn link(conn: &mut Connection, which: Which) -> &mut Link {
 #[derive(Debug)]
 pub(crate) struct DeadlineList {
     which: Which,
-    head: Option<usize>,
-    tail: Option<usize>,
+    head: Option<u32>,
+    tail: Option<u32>,
 }
 
 impl DeadlineList {
@@ -67,16 +69,17 @@ impl DeadlineList {
     pub(crate) fn touch(&mut self, slab: &mut Slab<Connection>, key: usize, now: Instant) {
         self.remove(slab, key);
         let old_tail = self.tail;
+        let this = Some(key as u32);
         *link(&mut slab[key], self.which) = Link {
             prev: old_tail,
             next: None,
             since: Some(now),
         };
         match old_tail {
-            Some(tail) => link(&mut slab[tail], self.which).next = Some(key),
-            None => self.head = Some(key),
+            Some(tail) => link(&mut slab[tail as usize], self.which).next = this,
+            None => self.head = this,
         }
-        self.tail = Some(key);
+        self.tail = this;
     }
 
     /// Takes `key` out of the list, if it is in it.
@@ -86,11 +89,11 @@ impl DeadlineList {
             return;
         }
         match prev {
-            Some(prev) => link(&mut slab[prev], self.which).next = next,
+            Some(prev) => link(&mut slab[prev as usize], self.which).next = next,
             None => self.head = next,
         }
         match next {
-            Some(next) => link(&mut slab[next], self.which).prev = prev,
+            Some(next) => link(&mut slab[next as usize], self.which).prev = prev,
             None => self.tail = prev,
         }
         *link(&mut slab[key], self.which) = Link::default();
@@ -98,7 +101,7 @@ impl DeadlineList {
 
     /// The connection whose clock restarted longest ago, and when.
     pub(crate) fn oldest(&self, slab: &mut Slab<Connection>) -> Option<(usize, Instant)> {
-        let key = self.head?;
+        let key = self.head? as usize;
         let since = link(&mut slab[key], self.which).since?;
         Some((key, since))
     }
@@ -130,8 +133,8 @@ mod tests {
         let mut keys = Vec::new();
         let mut at = list.head;
         while let Some(key) = at {
-            keys.push(key);
-            at = link(&mut slab[key], list.which).next;
+            keys.push(key as usize);
+            at = link(&mut slab[key as usize], list.which).next;
         }
         keys
     }
