@@ -428,24 +428,33 @@ impl EventLoop {
                 } else {
                     limits
                 };
-                let conn = &mut self.connections[key];
-                let wanted = conn.desired_interest(&limits);
-                if wanted != conn.registered {
-                    trace!("token {key}: interest {:?} -> {wanted:?}", conn.registered);
-                    match self
-                        .poll
-                        .registry()
-                        .reregister(conn.socket_mut(), Token(key), wanted)
-                    {
-                        Ok(()) => conn.registered = wanted,
-                        Err(err) => {
-                            debug!("{} token {key}: reregister failed: {err}", conn.peer);
-                            self.mark_closing(key, CloseReason::Error);
-                            return;
-                        }
-                    }
+                if !self.update_interest(key, &limits) {
+                    return;
                 }
                 self.restart_clocks(key, owed_before, owed_after, read_any, wrote_any);
+            }
+        }
+    }
+
+    /// Re-registers `key` if its state now calls for a different interest (rarely: only
+    /// when output starts or stops being owed). False if that failed and it must close.
+    fn update_interest(&mut self, key: usize, limits: &Limits) -> bool {
+        let conn = &mut self.connections[key];
+        let wanted = conn.desired_interest(limits);
+        if wanted == conn.registered {
+            return true;
+        }
+        trace!("token {key}: interest {:?} -> {wanted:?}", conn.registered);
+        let registry = self.poll.registry();
+        match registry.reregister(conn.socket_mut(), Token(key), wanted) {
+            Ok(()) => {
+                conn.registered = wanted;
+                true
+            }
+            Err(err) => {
+                debug!("{} token {key}: reregister failed: {err}", conn.peer);
+                self.mark_closing(key, CloseReason::Error);
+                false
             }
         }
     }
