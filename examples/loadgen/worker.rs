@@ -180,6 +180,17 @@ pub fn run(plan: &Plan, shared: &Shared, first_id: u32, count: usize) -> io::Res
     Ok(worker.out)
 }
 
+/// `poll` for at most `timeout`; a signal's interruption counts as a wake-up with no events.
+fn wait(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Result<()> {
+    match poll.poll(events, Some(timeout)) {
+        Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 fn ns_since(epoch: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(epoch).as_nanos() as u64
 }
@@ -242,7 +253,7 @@ impl Worker<'_> {
                 );
                 break;
             }
-            poll.poll(events, Some(deadline - now))?;
+            wait(poll, events, deadline - now)?;
             for event in events.iter() {
                 let conn = &mut conns[event.token().0];
                 if conn.phase != Phase::Connecting {
@@ -304,12 +315,7 @@ impl Worker<'_> {
             if self.plan.rate.is_some() {
                 timeout = timeout.min(RATE_TICK);
             }
-            if let Err(err) = poll.poll(events, Some(timeout)) {
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
+            wait(poll, events, timeout)?;
             self.tick();
             let mut echoed = 0;
             for event in events.iter() {
@@ -342,7 +348,7 @@ impl Worker<'_> {
             if now >= hold_end {
                 break;
             }
-            poll.poll(events, Some(hold_end - now))?;
+            wait(poll, events, hold_end - now)?;
             for event in events.iter() {
                 let conn = &mut conns[event.token().0];
                 if conn.phase == Phase::Open && (event.is_readable() || event.is_read_closed()) {
@@ -373,7 +379,7 @@ impl Worker<'_> {
             if now >= deadline {
                 break;
             }
-            poll.poll(events, Some(deadline - now))?;
+            wait(poll, events, deadline - now)?;
             self.tick();
             for event in events.iter() {
                 let conn = &mut conns[event.token().0];
