@@ -170,14 +170,21 @@ fn sigterm_flushes_a_client_mid_transfer_and_exits_0() {
     );
 }
 
-#[test]
-fn a_client_that_never_reads_cannot_keep_the_server_from_exiting() {
-    let mut server = BinaryServer::start(&["--shutdown-timeout", "0.5"]);
+/// A client that has sent until the kernel would take no more, and never reads, so the
+/// server holds output it cannot deliver.
+fn hog_that_never_reads(server: &BinaryServer) -> TcpStream {
     let mut hog = server.connect();
     hog.set_write_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let chunk = vec![1u8; 1 << 16];
-    while hog.write(&chunk).is_ok() {} // until the kernel buffers are full
+    while hog.write(&chunk).is_ok() {} // a write that times out means everything is full
+    hog
+}
+
+#[test]
+fn a_client_that_never_reads_cannot_keep_the_server_from_exiting() {
+    let mut server = BinaryServer::start(&["--shutdown-timeout", "0.5"]);
+    let _hog = hog_that_never_reads(&server);
     server.signal(libc::SIGTERM);
     let status = server.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0));
@@ -191,11 +198,7 @@ fn a_client_that_never_reads_cannot_keep_the_server_from_exiting() {
 #[test]
 fn a_second_signal_stops_at_once() {
     let mut server = BinaryServer::start(&["--shutdown-timeout", "60"]);
-    let mut hog = server.connect();
-    hog.set_write_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let chunk = vec![1u8; 1 << 16];
-    while hog.write(&chunk).is_ok() {}
+    let _hog = hog_that_never_reads(&server);
     server.signal(libc::SIGINT);
     server.wait_for_log("SIGINT: stopping");
     server.signal(libc::SIGINT);
