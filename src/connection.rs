@@ -253,32 +253,20 @@ impl Connection {
         if !self.fin_sent {
             self.shut_down_writes(token);
         }
-        let mut budget = limits.read_budget;
-        loop {
-            if budget == 0 {
-                self.owes_read = true;
-                return Ok(Outcome::Open { come_back: true });
-            }
-            match self.socket.read(scratch) {
-                Ok(0) => {
-                    trace!("token {}: read EOF while stopping", token.0);
-                    self.read_eof = true;
-                    return Ok(Outcome::Finished(CloseReason::Shutdown));
-                }
-                Ok(n) => {
-                    trace!("token {}: stopping: read and dropped {n} bytes", token.0);
-                    self.bytes_in += n as u64;
-                    stats.bytes_in += n as u64;
-                    budget = budget.saturating_sub(n);
-                }
-                Err(err) if would_block(&err) => {
-                    self.owes_read = false;
-                    return Ok(Outcome::Open { come_back: false });
-                }
-                Err(err) if interrupted(&err) => {}
-                Err(err) => return Err(err),
-            }
-        }
+        // The same drain as always, with everything read dropped on the floor.
+        let drop_everything = Limits {
+            mode: Mode::Discard,
+            print: false,
+            global_headroom: None,
+            ..*limits
+        };
+        Ok(
+            match self.read_some(token, scratch, &drop_everything, stats)? {
+                ReadStop::Eof => Outcome::Finished(CloseReason::Shutdown),
+                ReadStop::Budget => Outcome::Open { come_back: true },
+                ReadStop::Drained | ReadStop::Backpressure => Outcome::Open { come_back: false },
+            },
+        )
     }
 
     /// How many bytes the next read may take without breaking a memory cap, `added`

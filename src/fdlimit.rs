@@ -6,12 +6,9 @@ use rlimit::Resource;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns `(before, after)`.
 pub fn raise_descriptor_limit() -> io::Result<(u64, u64)> {
-    let (soft, hard) = rlimit::getrlimit(Resource::NOFILE)?;
-    if soft < hard {
-        rlimit::setrlimit(Resource::NOFILE, hard, hard)?;
-    }
-    let (now, _) = rlimit::getrlimit(Resource::NOFILE)?;
-    Ok((soft, now))
+    let (before, _hard) = rlimit::getrlimit(Resource::NOFILE)?;
+    let after = rlimit::increase_nofile_limit(u64::MAX)?;
+    Ok((before, after))
 }
 
 /// The `--max-connections` default for a descriptor limit: all of it but a small reserve.

@@ -15,13 +15,14 @@ pub(crate) fn print_heard(peer: SocketAddr, bytes: &[u8]) {
 
 /// Lossy UTF-8 with `escape_debug` applied, minus its escaping of `'` (we quote with `"`).
 pub(crate) fn escape(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .chars()
-        .map(|c| match c {
-            '\'' => "'".to_string(),
-            c => c.escape_debug().to_string(),
-        })
-        .collect()
+    let mut escaped = String::with_capacity(bytes.len());
+    for c in String::from_utf8_lossy(bytes).chars() {
+        match c {
+            '\'' => escaped.push(c),
+            c => escaped.extend(c.escape_debug()),
+        }
+    }
+    escaped
 }
 
 #[cfg(test)]

@@ -142,6 +142,12 @@ fn listener_token(index: usize) -> Token {
     Token(FIRST_LISTENER - index)
 }
 
+/// Which listener a token names, if it names one.
+fn listener_index(token: Token) -> Option<usize> {
+    (token.0 <= FIRST_LISTENER && token.0 > FIRST_LISTENER - MAX_LISTENERS)
+        .then(|| FIRST_LISTENER - token.0)
+}
+
 /// Whether the loop is serving or on its way out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -169,6 +175,8 @@ struct EventLoop {
     /// Tokens (connections and listeners) to serve again next turn because they stopped
     /// before `WouldBlock`; filled during a turn, taken at the next turn's revisit phase.
     revisit: Vec<Token>,
+    /// The list being worked through in this turn's revisit phase (swapped with `revisit`).
+    revisiting: Vec<Token>,
     /// Keys of connections marked finished this turn, closed in the close phase.
     to_close: Vec<usize>,
     /// Connections by time of last activity (only maintained with `--idle-timeout`).
@@ -230,6 +238,7 @@ impl EventLoop {
             scratch: vec![0; READ_BUFFER_SIZE].into_boxed_slice(),
             stats: Stats::default(),
             revisit: Vec::new(),
+            revisiting: Vec::new(),
             to_close: Vec::new(),
             idle: DeadlineList::new(Which::Idle),
             stall: DeadlineList::new(Which::Stall),
@@ -327,12 +336,11 @@ impl EventLoop {
             let flow = match token {
                 WAKER => self.on_requests(),
                 SIGNALS => self.on_signals(),
-                Token(t) if t > FIRST_LISTENER - MAX_LISTENERS => {
-                    self.accept_from(FIRST_LISTENER - t);
-                    Flow::Continue
-                }
-                Token(key) => {
-                    self.serve_connection(key, ready);
+                token => {
+                    match listener_index(token) {
+                        Some(index) => self.accept_from(index),
+                        None => self.serve_connection(token.0, ready),
+                    }
                     Flow::Continue
                 }
             };
@@ -345,11 +353,15 @@ impl EventLoop {
 
     /// Phase 4: come back to whoever stopped early last turn.
     fn revisit_capped(&mut self) {
-        let tokens = std::mem::take(&mut self.revisit);
-        for token in &tokens {
-            match token.0 {
-                t if t > FIRST_LISTENER - MAX_LISTENERS => self.accept_from(FIRST_LISTENER - t),
-                key => {
+        // Swap the two lists: this turn works through last turn's, and whatever stops early
+        // now goes on the other. Both keep their allocations: nothing is allocated per turn.
+        std::mem::swap(&mut self.revisit, &mut self.revisiting);
+        for i in 0..self.revisiting.len() {
+            let token = self.revisiting[i];
+            match listener_index(token) {
+                Some(index) => self.accept_from(index),
+                None => {
+                    let key = token.0;
                     // The slot may have been closed and reused since: serve only a connection
                     // that still owes a read (a spurious extra read would be harmless anyway).
                     if self.connections.get(key).is_some_and(Connection::owes_read) {
@@ -359,12 +371,7 @@ impl EventLoop {
                 }
             }
         }
-        // Give the allocation back for reuse next turn: no allocation per turn.
-        let mut tokens = tokens;
-        tokens.clear();
-        if self.revisit.is_empty() {
-            self.revisit = tokens;
-        }
+        self.revisiting.clear();
     }
 
     /// The limits a connection is served under right now.
@@ -810,10 +817,10 @@ impl std::fmt::Display for TokenName {
         match self.0 {
             WAKER => write!(f, "waker"),
             SIGNALS => write!(f, "signals"),
-            Token(t) if t > FIRST_LISTENER - MAX_LISTENERS => {
-                write!(f, "listener {}", FIRST_LISTENER - t)
-            }
-            Token(key) => write!(f, "token {key}"),
+            token => match listener_index(token) {
+                Some(index) => write!(f, "listener {index}"),
+                None => write!(f, "token {}", token.0),
+            },
         }
     }
 }

@@ -154,11 +154,7 @@ fn run(args: &Args) -> Result<Report, String> {
     };
 
     // One descriptor per connection: take all the process may have.
-    if let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE)
-        && soft < hard
-    {
-        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
-    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 
     let probe = args.server_pid.map(Probe::new).transpose()?;
     let rss_before = probe.as_ref().map(Probe::rss_kib).transpose()?;
