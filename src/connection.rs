@@ -74,6 +74,35 @@ pub(crate) struct Limits {
 /// Largest read a connection owing nothing may make while `--max-pending-total` is reached.
 const OVER_CAP_READ: usize = 4096;
 
+/// Whether a read that returned less than asked may be taken as "drained", saving the
+/// confirming read that would say `WouldBlock` (one syscall per message).
+///
+/// That holds where readiness is a kernel edge: epoll and kqueue raise a fresh event when
+/// more data arrives, whatever we did before. mio's other selectors (poll(2), forced on
+/// Linux with `--cfg mio_unsupported_force_poll_poll`, and the default on AIX, Haiku, …)
+/// emulate edges: a socket that has reported an event is re-armed only when an operation
+/// on it returns `WouldBlock`. There a short read must be followed by one more read, or the
+/// connection never hears from its client again. Decided at compile time from the same
+/// conditions mio uses to pick its selector.
+const SHORT_READ_MEANS_DRAINED: bool = cfg!(all(
+    not(mio_unsupported_force_poll_poll),
+    any(
+        target_os = "android",
+        target_os = "illumos",
+        target_os = "linux",
+        target_os = "redox",
+        target_os = "dragonfly",
+        target_os = "freebsd",
+        target_os = "ios",
+        target_os = "macos",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "tvos",
+        target_os = "visionos",
+        target_os = "watchos",
+    )
+));
+
 /// What the loop must do with a connection after serving it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -357,12 +386,12 @@ impl Connection {
                 Mode::Ack => self.send(token, ACK_REPLY, stats)?,
                 Mode::Discard => {}
             }
-            // The short-read shortcut: a stream socket's read returns less than asked only
-            // when its receive queue ran dry, and data arriving later raises a fresh edge.
-            // Skipping the confirming read that would say WouldBlock saves one syscall per
-            // message. The exception is a FIN that came with the data: its edge is the one
-            // being handled now, so `peer_half_closed` (sticky) sends us on to read the EOF.
-            if n < room && !self.peer_half_closed {
+            // The short-read shortcut (epoll and kqueue only, see SHORT_READ_MEANS_DRAINED):
+            // a stream socket's read returns less than asked only when its receive queue ran
+            // dry, and data arriving later raises a fresh edge. The exception is a FIN that
+            // came with the data: its edge is the one being handled now, so
+            // `peer_half_closed` (sticky) sends us on to read the EOF.
+            if SHORT_READ_MEANS_DRAINED && n < room && !self.peer_half_closed {
                 trace!("token {}: short read: socket drained", token.0);
                 self.owes_read = false;
                 return Ok(ReadStop::Drained);

@@ -6,21 +6,29 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
 
 use mio::Waker;
 
 use crate::stats::Stats;
 
-/// How long [`ServerHandle::stats`] waits for the loop to answer.
+/// How long [`ServerHandle::stats`] and [`ServerHandle::stop`] wait for the loop to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an unanswered request pokes the waker again.
+///
+/// On epoll and kqueue one wake is enough. mio's poll(2) selector can lose one: when the
+/// loop thread registers or re-registers a socket, mio pokes and then empties the same
+/// wake-up descriptor, swallowing a wake from another thread that landed in between
+/// (tokio-rs/mio#1874). A wake is idempotent, so the asker simply repeats it.
+const REWAKE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// A request for the loop, queued by a [`ServerHandle`].
 #[derive(Debug)]
 pub(crate) enum Request {
-    /// Stop: gracefully the first time, at once the second.
-    Stop,
+    /// Stop: gracefully the first time, at once the second. The loop acknowledges on the
+    /// channel as soon as it has seen the request.
+    Stop(Sender<()>),
     /// Send a copy of the counters back on this channel.
     Stats(Sender<Stats>),
 }
@@ -38,26 +46,48 @@ impl ServerHandle {
         (ServerHandle { waker, requests }, inbox)
     }
 
-    /// Asks the loop to stop and returns at once. The first request is graceful (as
-    /// SIGTERM is): stop accepting and reading, flush what clients are owed for up to
-    /// `--shutdown-timeout`, close. A second one closes everything at once.
+    /// Asks the loop to stop and returns once the loop has seen the request (not once it
+    /// has exited). The first request is graceful (as SIGTERM is): stop accepting and
+    /// reading, flush what clients are owed for up to `--shutdown-timeout`, close. A second
+    /// one closes everything at once.
     pub fn stop(&self) -> io::Result<()> {
-        self.send(Request::Stop)
+        match self.ask(Request::Stop) {
+            // Gone before it could answer: the second stop ends the loop at once.
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
     }
 
     /// The server's counters as of the loop's next turn.
     pub fn stats(&self) -> io::Result<Stats> {
-        let (reply_to, reply) = mpsc::channel();
-        self.send(Request::Stats(reply_to))?;
-        reply
-            .recv_timeout(ANSWER_TIMEOUT)
-            .map_err(|_| io::Error::other("the server did not answer (has it stopped?)"))
+        self.ask(Request::Stats)
     }
 
-    fn send(&self, request: Request) -> io::Result<()> {
+    /// Queues a request, wakes the loop, and waits for its answer, waking it again now
+    /// and then (see [`REWAKE_INTERVAL`]).
+    fn ask<T>(&self, request: impl FnOnce(Sender<T>) -> Request) -> io::Result<T> {
+        let (reply_to, reply) = mpsc::channel();
         self.requests
-            .send(request)
+            .send(request(reply_to))
             .map_err(|_| io::Error::other("the server has stopped"))?;
-        self.waker.wake()
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            self.waker.wake()?;
+            match reply.recv_timeout(REWAKE_INTERVAL) {
+                Ok(answer) => return Ok(answer),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the server stopped before answering",
+                    ));
+                }
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(io::Error::other(
+                        "the server did not answer (has it stopped?)",
+                    ));
+                }
+            }
+        }
     }
 }

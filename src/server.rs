@@ -734,7 +734,8 @@ impl EventLoop {
                     // The asker may have given up waiting: nothing to do about that.
                     let _ = reply_to.send(self.stats.clone());
                 }
-                Request::Stop => {
+                Request::Stop(ack) => {
+                    let _ = ack.send(());
                     if self.request_stop("stop request") == Flow::Exit {
                         return Flow::Exit;
                     }
@@ -748,6 +749,16 @@ impl EventLoop {
         let mut received = Vec::new();
         if let Some(signals) = self.signals.as_mut() {
             received.extend(signals.pending());
+            // signal-hook drains its pipe with its own reads, not through mio, so mio's
+            // poll(2) selector never sees the `WouldBlock` that would re-arm it: re-arm by
+            // hand. (Harmless on epoll; signals are rare, so the syscall is too.)
+            if let Err(err) = self
+                .poll
+                .registry()
+                .reregister(signals, SIGNALS, Interest::READABLE)
+            {
+                warn!("cannot re-arm the signal pipe: {err}");
+            }
         }
         for signal in received {
             let flow = match signal {
