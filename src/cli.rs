@@ -5,21 +5,34 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_LISTEN, DEFAULT_MAX_PENDING, Mode};
+use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_MAX_PENDING, Mode};
 
-/// A single-threaded, readiness-based TCP echo server (RFC 862) on a mio Poll loop.
+/// A single-threaded, readiness-based echo server (RFC 862) for TCP and Unix sockets, on a
+/// mio Poll loop.
 #[derive(Debug, Parser)]
 #[command(name = "echod", version, about)]
 pub struct Args {
-    /// Address to listen on, HOST:PORT; repeatable. A host name is resolved and every
-    /// address it yields is bound ("localhost" means 127.0.0.1 and ::1).
-    /// Use `[::]:PORT` for every interface, IPv4 and IPv6 alike.
-    #[arg(long = "listen", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    /// Address to listen on; repeatable. HOST:PORT (TCP): a host name is resolved and every
+    /// address it yields is bound ("localhost" means 127.0.0.1 and ::1; `[::]:PORT` is
+    /// every interface, IPv4 and IPv6 alike). unix:PATH: a Unix socket file.
+    /// unix:@NAME: a Linux abstract Unix socket.
+    /// [default: localhost:50007, unless systemd passed sockets]
+    #[arg(long = "listen", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Vec<String>,
 
     /// Make `[::]` listeners IPv6 only (by default they also accept IPv4 clients).
     #[arg(long)]
     pub ipv6_only: bool,
+
+    /// Set SO_REUSEPORT on TCP listeners, so several echod processes (each started with
+    /// this flag) share one port; the kernel spreads new connections among them.
+    #[arg(long)]
+    pub reuse_port: bool,
+
+    /// Permissions of the socket files created for unix:PATH, in octal; set before the
+    /// file appears at PATH.
+    #[arg(long, value_name = "MODE", default_value = "0660", value_parser = parse_mode)]
+    pub unix_mode: u32,
 
     /// Length of the kernel's queue of connections waiting for accept.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG,
@@ -117,8 +130,13 @@ impl Args {
             descriptor_limit.map_or(usize::MAX, crate::fdlimit::default_max_connections)
         });
         Config {
+            // Empty means the default, unless systemd passed sockets (see `Server::bind`).
             listen: self.listen,
+            inherit_sockets: true,
+            systemd_notify: true,
             ipv6_only: self.ipv6_only,
+            reuse_port: self.reuse_port,
+            unix_mode: self.unix_mode,
             backlog: self.backlog,
             max_pending: self.max_pending,
             max_pending_total: self.max_pending_total,
@@ -138,6 +156,21 @@ impl Args {
             handle_signals: true,
             ..Config::default()
         }
+    }
+}
+
+/// A `--listen` value that names something: checked here so a typo exits 2.
+fn parse_listen(text: &str) -> Result<String, String> {
+    crate::listen::ListenSpec::parse(text).map(|_| text.to_string())
+}
+
+/// Octal permission bits, `0660` or `660`; nothing beyond `0777`.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "'{text}' is not a permission mode (octal, e.g. 0660)"
+        )),
     }
 }
 
@@ -198,7 +231,8 @@ mod tests {
     fn defaults_match_the_config_constants() {
         let args = Args::parse_from(["echod"]);
         let config = args.into_config(None);
-        assert_eq!(config.listen, vec![DEFAULT_LISTEN.to_string()]);
+        assert!(config.listen.is_empty(), "empty means DEFAULT_LISTEN");
+        assert_eq!(config.unix_mode, crate::config::DEFAULT_UNIX_MODE);
         assert_eq!(config.backlog, DEFAULT_BACKLOG);
         assert_eq!(config.max_pending, DEFAULT_MAX_PENDING);
         assert_eq!(
@@ -217,6 +251,10 @@ mod tests {
         assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("-1").is_err());
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("01777").is_err());
     }
 
     #[test]

@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-/// Where echod listens when no `--listen` is given: loopback only, never exposed.
+/// Where echod listens when no `--listen` is given and systemd passed no sockets:
+/// loopback only, never exposed.
 pub const DEFAULT_LISTEN: &str = "localhost:50007";
+/// Permission bits of a `unix:PATH` socket file: owner and group may connect.
+pub const DEFAULT_UNIX_MODE: u32 = 0o660;
 /// Connections the kernel may queue before `accept` (mio's own default is only 128).
 pub const DEFAULT_BACKLOG: u32 = 1024;
 /// Unsent output one connection may hold before echod stops reading from it.
@@ -41,10 +44,19 @@ pub const ACK_REPLY: &[u8] = b"Got it!";
 /// Everything a [`Server`](crate::Server) needs to know, already validated.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `HOST:PORT` strings; each is resolved and every resolved address is bound.
+    /// `HOST:PORT`, `unix:PATH` or `unix:@NAME` specs; each is resolved and every
+    /// resolved address is bound. Empty: [`DEFAULT_LISTEN`], unless sockets were inherited.
     pub listen: Vec<String>,
+    /// Adopt sockets passed by systemd (`LISTEN_FDS`) besides those in `listen`.
+    pub inherit_sockets: bool,
+    /// Tell systemd about readiness, status, stopping and liveness (`NOTIFY_SOCKET`).
+    pub systemd_notify: bool,
     /// Whether a wildcard IPv6 listener (`[::]`) refuses IPv4 clients.
     pub ipv6_only: bool,
+    /// `SO_REUSEPORT` on TCP listeners, so several processes can share a port.
+    pub reuse_port: bool,
+    /// Permission bits of the socket files created for `unix:PATH`.
+    pub unix_mode: u32,
     /// `listen(2)` backlog.
     pub backlog: u32,
     /// Cap on one connection's unsent output, in bytes (at least 1).
@@ -82,7 +94,11 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec![DEFAULT_LISTEN.to_string()],
+            inherit_sockets: false,
+            systemd_notify: false,
             ipv6_only: false,
+            reuse_port: false,
+            unix_mode: DEFAULT_UNIX_MODE,
             backlog: DEFAULT_BACKLOG,
             max_pending: DEFAULT_MAX_PENDING,
             max_pending_total: None,
@@ -103,6 +119,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The settings that decide how sockets are bound.
+    pub fn bind_options(&self) -> crate::listen::BindOptions {
+        crate::listen::BindOptions {
+            backlog: self.backlog,
+            ipv6_only: self.ipv6_only,
+            reuse_port: self.reuse_port,
+            unix_mode: self.unix_mode,
+        }
+    }
+
     /// A config that listens on the given addresses with every other setting at its default.
     pub fn listening_on<S: Into<String>>(addrs: impl IntoIterator<Item = S>) -> Self {
         Config {

@@ -18,16 +18,15 @@
 //!    client's EOF (`linger`): closing with unread input would reset the connection.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
 
 use log::{debug, trace};
-use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use crate::config::{ACK_REPLY, Mode};
 use crate::pending::PendingOutput;
 use crate::print::print_heard;
 use crate::stats::{CloseReason, Stats};
+use crate::stream::{Peer, Stream};
 use crate::timers::Links;
 
 /// What `poll` said about a socket, or nothing at all when the loop revisits it.
@@ -129,10 +128,11 @@ enum ReadStop {
 /// One client.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    /// The non-blocking socket, registered with the loop's `Poll` under this slab key.
-    socket: TcpStream,
-    /// Who the client is, as shown in logs (IPv4-mapped addresses already unmapped).
-    pub(crate) peer: SocketAddr,
+    /// The non-blocking socket (TCP or Unix: served alike), registered with the loop's
+    /// `Poll` under this slab key.
+    socket: Stream,
+    /// Who the client is, as shown in logs and counted by the per-IP cap.
+    pub(crate) peer: Peer,
     /// Bytes read but not yet written back.
     pending: PendingOutput,
     /// The client sent EOF; nothing more will be read.
@@ -158,7 +158,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(socket: TcpStream, peer: SocketAddr) -> Self {
+    pub(crate) fn new(socket: Stream, peer: Peer) -> Self {
         Connection {
             socket,
             peer,
@@ -175,7 +175,7 @@ impl Connection {
         }
     }
 
-    pub(crate) fn socket_mut(&mut self) -> &mut TcpStream {
+    pub(crate) fn socket_mut(&mut self) -> &mut Stream {
         &mut self.socket
     }
 
@@ -464,7 +464,7 @@ impl Connection {
             token.0
         );
         self.fin_sent = true;
-        if let Err(err) = self.socket.shutdown(Shutdown::Write) {
+        if let Err(err) = self.socket.shutdown_writes() {
             trace!("token {}: shutdown(Write): {err}", token.0);
         }
     }

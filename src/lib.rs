@@ -1,4 +1,4 @@
-//! # echod: a single-threaded, readiness-based TCP echo server
+//! # echod: a single-threaded, readiness-based echo server (TCP and Unix sockets)
 //!
 //! Every byte a client sends comes back on the same connection, in order, untouched
 //! (RFC 862), for thousands of clients at once on one thread, with bounded memory.
@@ -6,9 +6,12 @@
 //! ## Layout
 //! - [`server`]: the event loop: one `mio::Poll`, phases per turn, accept, timers, shutdown.
 //! - `connection`: one client's state machine: drain, write straight back, owe the rest.
+//! - `stream`: the one seam between transports: a TCP or Unix stream, and who the peer is.
 //! - `pending`: a connection's unsent bytes; no buffer at all while nothing is owed.
 //! - `timers`: idle and stall timeouts as intrusive lists, O(1) per event.
-//! - [`listen`]: `HOST:PORT` → resolved, bound, non-blocking listeners.
+//! - [`listen`]: where listeners come from: `HOST:PORT`, `unix:PATH`, `unix:@NAME`, or
+//!   sockets inherited from systemd; all end as the same non-blocking [`listen::Listener`].
+//! - `notify`: readiness, status, stopping and watchdog messages to systemd.
 //! - [`config`]: validated settings and their defaults; [`cli`]: the flags that build them.
 //! - [`stats`]: the counters the loop keeps and returns.
 //! - [`handle`]: stopping the loop, or reading its counters, from another thread.
@@ -27,10 +30,12 @@ mod connection;
 pub mod fdlimit;
 pub mod handle;
 pub mod listen;
+mod notify;
 mod pending;
 mod print;
 pub mod server;
 pub mod stats;
+mod stream;
 mod timers;
 
 pub use config::{Config, Mode};

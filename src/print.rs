@@ -2,12 +2,12 @@
 //!
 //! Off by default: it costs a write to stdout per message read.
 
+use std::fmt::Display;
 use std::io::Write;
-use std::net::SocketAddr;
 
 /// `Server heard "…" from PEER`: bytes decoded lossily, control characters, quotes and
 /// backslashes escaped, so binary input cannot garble the terminal.
-pub(crate) fn print_heard(peer: SocketAddr, bytes: &[u8]) {
+pub(crate) fn print_heard(peer: impl Display, bytes: &[u8]) {
     let line = format!("Server heard \"{}\" from {peer}\n", escape(bytes));
     // A closed stdout must not take the server down with it: the echo goes on regardless.
     let _ = std::io::stdout().lock().write_all(line.as_bytes());

@@ -23,17 +23,18 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
-use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::config::{Config, READ_BUFFER_SIZE};
+use crate::config::{Config, DEFAULT_LISTEN, READ_BUFFER_SIZE};
 use crate::connection::{Connection, Limits, Outcome, Ready, interrupted, would_block};
 use crate::handle::{Request, ServerHandle};
-use crate::listen::{bind_all, canonical};
+use crate::listen::{Endpoint, Listener, bind_all, inherited};
+use crate::notify::Notifier;
 use crate::stats::{CloseReason, RejectReason, Stats};
+use crate::stream::{Peer, Stream};
 use crate::timers::{DeadlineList, Which};
 
 /// The waker's token: the top of the token space, far above any slab key.
@@ -64,7 +65,7 @@ const WARN_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Server {
     /// The one poll instance; listeners and the waker are registered with it already.
     poll: Poll,
-    /// Bound, registered listening sockets, in `--listen` order.
+    /// Bound, registered listening sockets: inherited first, then in `--listen` order.
     listeners: Vec<Listener>,
     config: Config,
     /// Cloned out to callers by [`Server::handle`].
@@ -75,34 +76,42 @@ pub struct Server {
     _waker: Arc<Waker>,
 }
 
-/// A listening socket and the address it actually got (port 0 becomes a real port).
-struct Listener {
-    /// Registered under `listener_token(index)`.
-    socket: TcpListener,
-    /// The bound address, with the real port when 0 was asked for.
-    addr: SocketAddr,
-}
-
 impl Server {
-    /// Resolves and binds every `--listen` address and registers them with a new `Poll`.
-    /// An error names the address that failed and what the OS said.
+    /// Adopts the sockets systemd passed (if `inherit_sockets`), binds every `--listen`
+    /// address (or, if neither gave any, [`DEFAULT_LISTEN`]), and registers them all with
+    /// a new `Poll`. An error names the address that failed and what the OS said.
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let sockets = bind_all(&config.listen, config.backlog, config.ipv6_only)
-            .map_err(|err| io::Error::new(err.source.kind(), err.to_string()))?;
-        if sockets.len() > MAX_LISTENERS {
+        let as_io =
+            |err: crate::listen::ListenError| io::Error::new(err.source.kind(), err.to_string());
+        let mut listeners = if config.inherit_sockets {
+            inherited::take_all().map_err(as_io)?
+        } else {
+            Vec::new()
+        };
+        let default = [DEFAULT_LISTEN.to_string()];
+        let specs = if config.listen.is_empty() && listeners.is_empty() {
+            &default[..]
+        } else {
+            &config.listen[..]
+        };
+        listeners.extend(bind_all(specs, &config.bind_options()).map_err(as_io)?);
+        if listeners.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "nothing to listen on: every inherited socket was skipped and no --listen given",
+            ));
+        }
+        if listeners.len() > MAX_LISTENERS {
             return Err(io::Error::other(format!(
                 "too many listening addresses ({}, at most {MAX_LISTENERS})",
-                sockets.len()
+                listeners.len()
             )));
         }
-        let mut listeners = Vec::with_capacity(sockets.len());
-        for (index, mut socket) in sockets.into_iter().enumerate() {
-            let addr = socket.local_addr()?;
+        for (index, listener) in listeners.iter_mut().enumerate() {
             poll.registry()
-                .register(&mut socket, listener_token(index), Interest::READABLE)?;
-            info!("listening on {addr}");
-            listeners.push(Listener { socket, addr });
+                .register(listener, listener_token(index), Interest::READABLE)?;
+            info!("listening on {listener}");
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (handle, inbox) = ServerHandle::new(Arc::clone(&waker));
@@ -116,9 +125,20 @@ impl Server {
         })
     }
 
-    /// The addresses actually bound, in `--listen` order.
+    /// The TCP addresses actually bound (real ports for port 0), in `--listen` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|l| l.addr).collect()
+        self.endpoints()
+            .into_iter()
+            .filter_map(|endpoint| match endpoint {
+                Endpoint::Tcp(addr) => Some(addr),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Everything listened on, TCP and Unix, inherited first, then in `--listen` order.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.listeners.iter().map(|l| l.endpoint.clone()).collect()
     }
 
     /// A handle to stop the loop, or read its counters, from another thread.
@@ -206,6 +226,8 @@ struct EventLoop {
     reject_warnings: RateLimit,
     /// Keeps "accept failed" warnings to one a second.
     accept_warnings: RateLimit,
+    /// Talks to systemd when it asked to be told (`NOTIFY_SOCKET`); `None` costs nothing.
+    notifier: Option<Notifier>,
     /// Keeps the waker registered for the loop's lifetime.
     _waker: Arc<Waker>,
 }
@@ -229,6 +251,11 @@ impl EventLoop {
             None
         };
         let now = Instant::now();
+        let config_notifier = if config.systemd_notify {
+            Notifier::from_env(now)
+        } else {
+            None
+        };
         Ok(EventLoop {
             poll,
             listeners,
@@ -251,6 +278,7 @@ impl EventLoop {
             now,
             reject_warnings: RateLimit::default(),
             accept_warnings: RateLimit::default(),
+            notifier: config_notifier,
             _waker,
         })
     }
@@ -258,6 +286,11 @@ impl EventLoop {
     fn run(&mut self) -> io::Result<()> {
         // Kept outside `self` so dispatch can read the events while serving through `&mut self`.
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        // Every socket is bound and listening (clients are already queueing): say so.
+        if let Some(notifier) = self.notifier.as_mut() {
+            let status = format!("serving on {} sockets", self.listeners.len());
+            notifier.ready(&status);
+        }
         loop {
             let timeout = self.poll_timeout();
             trace!("poll (timeout {timeout:?})");
@@ -310,6 +343,7 @@ impl EventLoop {
             shutdown,
             self.next_stats_at,
             self.accept_retry_at,
+            self.notifier.as_ref().and_then(|n| n.next_watchdog_at),
         ]
         .into_iter()
         .flatten()
@@ -506,8 +540,8 @@ impl EventLoop {
             let Some(listener) = self.listeners.get(index) else {
                 return; // closed by shutdown earlier in this batch
             };
-            match listener.socket.accept() {
-                Ok((stream, peer)) => self.admit(stream, canonical(peer)),
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
                 Err(err) if would_block(&err) => {
                     trace!("listener {index}: accept WouldBlock");
                     return;
@@ -527,16 +561,16 @@ impl EventLoop {
     }
 
     /// A new client: turn it away if a cap says so, else register it and give it a slot.
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, mut stream: Stream, peer: Peer) {
         if self.connections.len() >= self.config.max_connections {
             return self.reject(stream, peer, RejectReason::MaxConnections);
         }
-        if let Some(cap) = self.config.max_connections_per_ip
-            && self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= cap
+        if let (Some(cap), Some(ip)) = (self.config.max_connections_per_ip, peer.ip())
+            && self.per_ip.get(&ip).copied().unwrap_or(0) >= cap
         {
             return self.reject(stream, peer, RejectReason::PerIp);
         }
-        if let Err(err) = stream.set_nodelay(true) {
+        if let Err(err) = stream.set_nodelay() {
             debug!("{peer}: TCP_NODELAY: {err}");
         }
         let entry = self.connections.vacant_entry();
@@ -553,8 +587,8 @@ impl EventLoop {
         }
         entry.insert(Connection::new(stream, peer));
         self.stats.count_accept();
-        if self.config.max_connections_per_ip.is_some() {
-            *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+        if let (Some(_), Some(ip)) = (self.config.max_connections_per_ip, peer.ip()) {
+            *self.per_ip.entry(ip).or_insert(0) += 1;
         }
         if self.config.idle_timeout.is_some() {
             self.idle.touch(&mut self.connections, key, self.now);
@@ -563,7 +597,7 @@ impl EventLoop {
     }
 
     /// Closes a just-accepted connection at once: the client sees EOF.
-    fn reject(&mut self, stream: TcpStream, peer: SocketAddr, reason: RejectReason) {
+    fn reject(&mut self, stream: Stream, peer: Peer, reason: RejectReason) {
         drop(stream);
         self.stats.count_reject(reason);
         if let Some(suppressed) = self.reject_warnings.allow(self.now) {
@@ -594,10 +628,8 @@ impl EventLoop {
     /// Accepts and closes whatever is queued on listener `index`, up to the accept budget.
     fn turn_away_queued(&mut self, index: usize) {
         for _ in 0..self.config.accept_budget {
-            match self.listeners[index].socket.accept() {
-                Ok((stream, peer)) => {
-                    self.reject(stream, canonical(peer), RejectReason::Descriptors)
-                }
+            match self.listeners[index].accept() {
+                Ok((stream, peer)) => self.reject(stream, peer, RejectReason::Descriptors),
                 Err(err) if interrupted(&err) => {}
                 Err(_) => return,
             }
@@ -661,10 +693,12 @@ impl EventLoop {
             let reason = conn.closing.unwrap_or(CloseReason::Error);
             self.stats.pending_bytes -= conn.pending_len() as u64;
             self.stats.count_close(reason);
-            if let Some(count) = self.per_ip.get_mut(&conn.peer.ip()) {
+            if let Some(ip) = conn.peer.ip()
+                && let Some(count) = self.per_ip.get_mut(&ip)
+            {
                 *count -= 1;
                 if *count == 0 {
-                    self.per_ip.remove(&conn.peer.ip());
+                    self.per_ip.remove(&ip);
                 }
             }
             debug!(
@@ -680,10 +714,15 @@ impl EventLoop {
 
     /// Phase 7: periodic stats and shutdown progress.
     fn housekeeping(&mut self) -> Flow {
+        if let Some(notifier) = self.notifier.as_mut() {
+            // Sent by the loop itself: if the loop wedges, the pings stop and systemd acts.
+            let (stats, open) = (&self.stats, self.connections.len());
+            notifier.watchdog_if_due(self.now, || status_line(stats, open));
+        }
         if let (Some(at), Some(every)) = (self.next_stats_at, self.config.stats_interval)
             && at <= self.now
         {
-            self.log_stats("stats");
+            self.log_stats_and_status("stats");
             // Skip ticks missed while busy rather than firing them all at once.
             let next = at + every;
             self.next_stats_at = Some(if next > self.now {
@@ -726,6 +765,14 @@ impl EventLoop {
         }
     }
 
+    /// Each stats line also refreshes what `systemctl status` shows.
+    fn log_stats_and_status(&mut self, label: &str) {
+        self.log_stats(label);
+        if let Some(notifier) = self.notifier.as_mut() {
+            notifier.status(&status_line(&self.stats, self.connections.len()));
+        }
+    }
+
     /// The waker fired: answer whatever [`ServerHandle`]s have queued.
     fn on_requests(&mut self) -> Flow {
         while let Ok(request) = self.inbox.try_recv() {
@@ -763,7 +810,7 @@ impl EventLoop {
         for signal in received {
             let flow = match signal {
                 SIGUSR1 => {
-                    self.log_stats("stats");
+                    self.log_stats_and_status("stats");
                     Flow::Continue
                 }
                 SIGINT => self.request_stop("SIGINT"),
@@ -796,12 +843,16 @@ impl EventLoop {
         self.phase = Phase::Draining { deadline };
         self.listeners.clear();
         self.accept_retry_at = None;
-        info!(
+        let stopping = format!(
             "{source}: stopping; flushing {} bytes owed to {} connections (up to {:?})",
             self.stats.pending_bytes,
             self.connections.len(),
             self.config.shutdown_timeout
         );
+        info!("{stopping}");
+        if let Some(notifier) = self.notifier.as_mut() {
+            notifier.stopping(&stopping);
+        }
         // Once per shutdown, every connection: those owing nothing close now, the others
         // switch to WRITABLE only and close as they catch up.
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
@@ -818,6 +869,14 @@ impl EventLoop {
         }
         self.close_finished();
     }
+}
+
+/// The short line systemd shows as the service's status.
+fn status_line(stats: &Stats, open: usize) -> String {
+    format!(
+        "{open} connections open, {} accepted, {} bytes in, {} bytes out",
+        stats.accepted, stats.bytes_in, stats.bytes_out
+    )
 }
 
 /// How a token reads in the trace narration: `listener 0`, `waker`, `token 17`.

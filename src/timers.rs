@@ -121,8 +121,8 @@ mod tests {
         for _ in 0..n {
             let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (server_side, peer) = listener.accept().unwrap();
-            let socket = mio::net::TcpStream::from_std(server_side);
-            slab.insert(Connection::new(socket, peer));
+            let socket = crate::stream::Stream::Tcp(mio::net::TcpStream::from_std(server_side));
+            slab.insert(Connection::new(socket, crate::stream::Peer::Ip(peer)));
             peers.push(client);
         }
         (slab, peers)

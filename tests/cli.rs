@@ -75,6 +75,8 @@ fn help_documents_every_flag() {
     for flag in [
         "--listen",
         "--ipv6-only",
+        "--reuse-port",
+        "--unix-mode",
         "--backlog",
         "--max-pending",
         "--max-pending-total",
@@ -92,7 +94,8 @@ fn help_documents_every_flag() {
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
-    assert!(help.contains("[default: localhost:50007]"));
+    assert!(help.contains("[default: localhost:50007, unless systemd passed sockets]"));
+    assert!(help.contains("[default: 0660]"));
 }
 
 #[test]

@@ -98,9 +98,25 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// A blocking Unix-socket client with timeouts; `@NAME` is an abstract name.
+pub fn connect_unix(path: &str) -> std::os::unix::net::UnixStream {
+    let stream = match path.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+            std::os::unix::net::UnixStream::connect_addr(&addr)
+        }
+        None => std::os::unix::net::UnixStream::connect(path),
+    }
+    .unwrap_or_else(|err| panic!("connect to unix:{path}: {err}"));
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
 /// Sends `message` and reads back exactly as many bytes (looping over partial reads).
 #[track_caller]
-pub fn round_trip(stream: &mut TcpStream, message: &[u8]) {
+pub fn round_trip(stream: &mut (impl Read + Write), message: &[u8]) {
     stream.write_all(message).expect("send");
     let mut echoed = vec![0; message.len()];
     stream.read_exact(&mut echoed).expect("read echo");
@@ -108,7 +124,7 @@ pub fn round_trip(stream: &mut TcpStream, message: &[u8]) {
 }
 
 /// Reads until EOF.
-pub fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+pub fn read_to_end(stream: &mut impl Read) -> Vec<u8> {
     let mut all = Vec::new();
     stream.read_to_end(&mut all).expect("read to EOF");
     all

@@ -1,4 +1,4 @@
-//! Turning `--listen HOST:PORT` strings into bound, non-blocking listeners.
+//! `--listen HOST:PORT`: resolved, bound, non-blocking TCP listeners.
 //!
 //! This is the tutorial's *create, bind, listen*: a host name is resolved with getaddrinfo
 //! (`ToSocketAddrs`), and every address it yields gets its own socket. `socket2` sets the
@@ -11,57 +11,42 @@ use log::warn;
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// A failure to set up listening, naming the address it concerns.
-#[derive(Debug)]
-pub struct ListenError {
-    /// The `--listen` value or resolved address that failed.
-    pub addr: String,
-    /// What the OS (or the resolver) said.
-    pub source: io::Error,
-}
+use super::{BindOptions, ListenError};
 
-impl std::fmt::Display for ListenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot listen on {}: {}", self.addr, self.source)
-    }
-}
-
-impl std::error::Error for ListenError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-/// Resolves every spec and binds every address, in order, without duplicates.
+/// Resolves one `HOST:PORT` and binds every address it yields that `seen` does not hold
+/// yet, in order; returns each listener with the address it actually got.
 ///
 /// An address that was only *implied* (the IPv6 loopback that `localhost` stands for) may
 /// be missing on a machine without IPv6: that one is skipped with a warning. Any other
 /// failure is an error naming the address.
-pub fn bind_all(
-    specs: &[String],
-    backlog: u32,
-    ipv6_only: bool,
-) -> Result<Vec<TcpListener>, ListenError> {
+pub(super) fn bind_spec(
+    spec: &str,
+    options: &BindOptions,
+    seen: &mut Vec<SocketAddr>,
+) -> Result<Vec<(TcpListener, SocketAddr)>, ListenError> {
     let mut listeners = Vec::new();
-    let mut seen = Vec::new();
-    for spec in specs {
-        for target in resolve(spec)? {
-            if seen.contains(&target.addr) {
-                continue;
+    for target in resolve(spec)? {
+        if seen.contains(&target.addr) {
+            continue;
+        }
+        seen.push(target.addr);
+        let bound = bind_one(target.addr, options)
+            .and_then(|listener| Ok((listener.local_addr()?, listener)));
+        match bound {
+            Ok((addr, listener)) => listeners.push((listener, addr)),
+            Err(err) if target.implied && address_family_missing(&err) => {
+                warn!("skipping {}: {err}", target.addr);
             }
-            seen.push(target.addr);
-            match bind_one(target.addr, backlog, ipv6_only) {
-                Ok(listener) => listeners.push(listener),
-                Err(err) if target.implied && address_family_missing(&err) => {
-                    warn!("skipping {}: {err}", target.addr);
-                }
-                Err(source) => {
-                    return Err(ListenError {
-                        addr: target.addr.to_string(),
-                        source,
-                    });
-                }
+            Err(err) if options.reuse_port && err.raw_os_error() == Some(libc::EADDRINUSE) => {
+                let hint = format!(
+                    "{err} (--reuse-port shares a port only with sockets that also set it)"
+                );
+                return Err(ListenError::new(
+                    target.addr,
+                    io::Error::new(err.kind(), hint),
+                ));
             }
+            Err(source) => return Err(ListenError::new(target.addr, source)),
         }
     }
     Ok(listeners)
@@ -76,10 +61,7 @@ struct Target {
 /// getaddrinfo, plus RFC 6761's rule that `localhost` means loopback on both families
 /// (many `/etc/hosts` files list only 127.0.0.1, yet `nc ::1` users expect an answer).
 fn resolve(spec: &str) -> Result<Vec<Target>, ListenError> {
-    let error = |source| ListenError {
-        addr: spec.to_string(),
-        source,
-    };
+    let error = |source| ListenError::new(spec, source);
     let resolved: Vec<SocketAddr> = spec.to_socket_addrs().map_err(error)?.collect();
     if resolved.is_empty() {
         return Err(error(io::Error::new(
@@ -125,17 +107,21 @@ fn address_family_missing(err: &io::Error) -> bool {
 }
 
 /// socket → options → bind → listen, then hand the socket to mio.
-fn bind_one(addr: SocketAddr, backlog: u32, ipv6_only: bool) -> io::Result<TcpListener> {
+fn bind_one(addr: SocketAddr, options: &BindOptions) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // A restarted server may bind while old connections linger in TIME_WAIT.
     socket.set_reuse_address(true)?;
+    if options.reuse_port {
+        // Several processes, one port: the kernel spreads new connections among them.
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         // Set explicitly: the system default (net.ipv6.bindv6only) varies between machines.
-        socket.set_only_v6(ipv6_only)?;
+        socket.set_only_v6(options.ipv6_only)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;
     Ok(TcpListener::from_std(socket.into()))
 }
 

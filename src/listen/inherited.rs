@@ -1,0 +1,149 @@
+//! Sockets passed in by systemd: socket activation (`sd_listen_fds(3)`).
+//!
+//! systemd binds the sockets a `.socket` unit names (port 7 needs no root in echod, only in
+//! systemd), then starts echod with them as descriptors 3, 4, … and says so in
+//! `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`. The `listenfd` crate reads those and
+//! checks each descriptor's family and type as it hands it over; echod decides what it can
+//! serve, makes it non-blocking, and wraps it as a [`Listener`] like any other.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use listenfd::ListenFd;
+use log::{info, warn};
+use mio::net::{TcpListener, UnixListener};
+use socket2::SockRef;
+
+use super::{Endpoint, ListenError, ListenSocket, Listener};
+
+/// Takes every socket systemd passed in; none when `LISTEN_FDS` is unset or meant for
+/// another process.
+///
+/// A descriptor that is not a socket at all is an error (the unit is wrong). A socket of a
+/// kind echod does not serve (datagram, not listening) is skipped with a warning.
+pub fn take_all() -> Result<Vec<Listener>, ListenError> {
+    let Some(count) = std::env::var_os("LISTEN_FDS") else {
+        return Ok(Vec::new());
+    };
+    let ours = std::process::id().to_string();
+    if let Some(pid) = std::env::var("LISTEN_PID").ok().filter(|pid| *pid != ours) {
+        warn!(
+            "LISTEN_FDS={} is meant for process {pid}, not this one ({ours}): ignored",
+            count.to_string_lossy()
+        );
+    }
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|names| names.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    // Reads and clears LISTEN_FDS and LISTEN_PID (so no child of ours inherits them).
+    let mut passed = ListenFd::from_env();
+    let mut listeners = Vec::new();
+    for index in 0..passed.len() {
+        let name = names.get(index).filter(|name| !name.is_empty()).cloned();
+        let described = match &name {
+            Some(name) => format!("inherited socket {index} (\"{name}\")"),
+            None => format!("inherited socket {index}"),
+        };
+        let error = |source| ListenError::new(&described, source);
+        let Some(socket) = take_one(&mut passed, index).map_err(error)? else {
+            continue;
+        };
+        match adopt(socket) {
+            Ok((socket, endpoint)) => {
+                let listener = Listener::inherited(socket, endpoint, name);
+                info!("adopted {described}: {listener}");
+                listeners.push(listener);
+            }
+            Err(why) => warn!("{described}: {why}; skipped"),
+        }
+    }
+    Ok(listeners)
+}
+
+/// What a passed descriptor turned out to be.
+enum Passed {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+    /// A socket echod does not serve (yet): described for the warning.
+    Other(&'static str),
+}
+
+/// Takes descriptor `index` as the first kind `listenfd` accepts it as. `Ok(None)` if it
+/// was already taken; an error if it is not a socket at all.
+fn take_one(passed: &mut ListenFd, index: usize) -> io::Result<Option<Passed>> {
+    if let Ok(taken) = passed.take_tcp_listener(index) {
+        return Ok(taken.map(Passed::Tcp));
+    }
+    if let Ok(taken) = passed.take_unix_listener(index) {
+        return Ok(taken.map(Passed::Unix));
+    }
+    if let Ok(taken) = passed.take_udp_socket(index) {
+        return Ok(taken.map(|_| Passed::Other("a UDP socket, which echod does not serve yet")));
+    }
+    if let Ok(taken) = passed.take_unix_datagram(index) {
+        return Ok(
+            taken.map(|_| Passed::Other("a Unix datagram socket, which echod does not serve"))
+        );
+    }
+    // Neither stream nor datagram of a known family: let listenfd say why (its message
+    // says "is not a socket" for a file or pipe), and make it an error.
+    match passed.take_tcp_listener(index) {
+        Err(err) if err.to_string().contains("not a socket") => Err(err),
+        _ => Ok(passed
+            .take_raw_fd(index)?
+            .map(|_| Passed::Other("a socket of a kind echod does not serve"))),
+    }
+}
+
+/// Checks that a passed stream socket is listening, and makes it non-blocking for mio.
+fn adopt(passed: Passed) -> Result<(ListenSocket, Endpoint), String> {
+    match passed {
+        Passed::Tcp(listener) => {
+            ensure_listening(&listener)?;
+            listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let socket = ListenSocket::Tcp(TcpListener::from_std(listener));
+            Ok((socket, Endpoint::Tcp(super::canonical(addr))))
+        }
+        Passed::Unix(listener) => {
+            ensure_listening(&listener)?;
+            listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let endpoint = unix_endpoint(&listener);
+            Ok((
+                ListenSocket::Unix(UnixListener::from_std(listener)),
+                endpoint,
+            ))
+        }
+        Passed::Other(what) => Err(format!("is {what}")),
+    }
+}
+
+/// A connected socket (a unit with `Accept=yes`) would make `accept` fail forever.
+fn ensure_listening(socket: &impl AsFd) -> Result<(), String> {
+    match SockRef::from(socket).is_listener() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "descriptor {} is not listening (echod accepts by itself: use Accept=no)",
+            socket.as_fd().as_raw_fd()
+        )),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// The path or abstract name an inherited Unix listener is bound to, for the logs.
+fn unix_endpoint(listener: &std::os::unix::net::UnixListener) -> Endpoint {
+    let Ok(addr) = listener.local_addr() else {
+        return Endpoint::UnixUnnamed;
+    };
+    if let Some(path) = addr.as_pathname() {
+        return Endpoint::UnixPath(path.to_path_buf());
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        if let Some(name) = addr.as_abstract_name() {
+            return Endpoint::UnixAbstract(String::from_utf8_lossy(name).into_owned());
+        }
+    }
+    Endpoint::UnixUnnamed
+}

@@ -1,0 +1,284 @@
+//! Where listening sockets come from, and the one shape they all end in.
+//!
+//! A socket is bound from a `--listen` spec ([`tcp`] for `HOST:PORT`, [`unix`] for
+//! `unix:PATH` and `unix:@NAME`) or inherited from systemd ([`inherited`]). Either way it
+//! becomes a [`Listener`]: a non-blocking socket, the [`Endpoint`] it serves, and, for a
+//! Unix path echod created, the duty to remove that file again. The loop registers
+//! listeners and accepts from them without ever knowing how they came to be.
+
+pub mod inherited;
+mod tcp;
+mod unix;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use mio::event::Source;
+use mio::net::{TcpListener, UnixListener};
+use mio::{Interest, Registry, Token};
+
+use crate::stream::{Peer, Stream};
+pub use tcp::canonical;
+use unix::SocketFile;
+
+/// How sockets are bound: the `--listen`-related settings of a [`Config`](crate::Config).
+#[derive(Clone, Copy, Debug)]
+pub struct BindOptions {
+    /// `listen(2)` backlog.
+    pub backlog: u32,
+    /// Whether a wildcard IPv6 listener refuses IPv4 clients.
+    pub ipv6_only: bool,
+    /// `SO_REUSEPORT`: let several processes bind the same TCP port.
+    pub reuse_port: bool,
+    /// Permission bits of the socket files echod creates for `unix:PATH`.
+    pub unix_mode: u32,
+}
+
+/// A failure to set up listening, naming the address it concerns.
+#[derive(Debug)]
+pub struct ListenError {
+    /// The `--listen` value, resolved address, path or inherited descriptor that failed.
+    pub addr: String,
+    /// What the OS (or the resolver, or echod's own checks) said.
+    pub source: io::Error,
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.addr, self.source)
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl ListenError {
+    pub(crate) fn new(addr: impl fmt::Display, source: io::Error) -> Self {
+        ListenError {
+            addr: addr.to_string(),
+            source,
+        }
+    }
+}
+
+/// What a listener serves, as logs and `--listen` spell it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A TCP address, with the real port when 0 was asked for.
+    Tcp(SocketAddr),
+    /// A Unix socket file.
+    UnixPath(std::path::PathBuf),
+    /// A Linux abstract-namespace Unix socket (no file; gone when the socket closes).
+    UnixAbstract(String),
+    /// An inherited Unix socket whose address could not be read back.
+    UnixUnnamed,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => write!(f, "{addr}"),
+            Endpoint::UnixPath(path) => write!(f, "unix:{}", path.display()),
+            Endpoint::UnixAbstract(name) => write!(f, "unix:@{name}"),
+            Endpoint::UnixUnnamed => write!(f, "unix:(unnamed)"),
+        }
+    }
+}
+
+/// A bound, listening, non-blocking socket.
+#[derive(Debug)]
+pub enum ListenSocket {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// A listening socket, what it serves, and the socket file to remove when it closes.
+#[derive(Debug)]
+pub struct Listener {
+    /// Registered with the loop's `Poll` under the listener's named token.
+    pub socket: ListenSocket,
+    /// What it serves.
+    pub endpoint: Endpoint,
+    /// `LISTEN_FDNAMES`' name for an inherited socket.
+    pub name: Option<String>,
+    /// Removes the socket file at drop, if echod created it (never an inherited one's).
+    _file: Option<SocketFile>,
+}
+
+impl Listener {
+    /// Takes the next client off the queue, as a [`Stream`] and who it is.
+    pub(crate) fn accept(&self) -> io::Result<(Stream, Peer)> {
+        match &self.socket {
+            ListenSocket::Tcp(listener) => {
+                let (stream, addr) = listener.accept()?;
+                Ok((Stream::Tcp(stream), Peer::Ip(canonical(addr))))
+            }
+            ListenSocket::Unix(listener) => {
+                let (stream, _addr) = listener.accept()?;
+                let peer = Peer::of_unix(&stream);
+                Ok((Stream::Unix(stream), peer))
+            }
+        }
+    }
+
+    /// Whether the per-IP cap and TCP options apply to its clients.
+    pub fn is_tcp(&self) -> bool {
+        matches!(self.socket, ListenSocket::Tcp(_))
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{} (\"{name}\")", self.endpoint),
+            None => write!(f, "{}", self.endpoint),
+        }
+    }
+}
+
+impl Source for Listener {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match &mut self.socket {
+            ListenSocket::Tcp(s) => s.register(registry, token, interest),
+            ListenSocket::Unix(s) => s.register(registry, token, interest),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interest: Interest,
+    ) -> io::Result<()> {
+        match &mut self.socket {
+            ListenSocket::Tcp(s) => s.reregister(registry, token, interest),
+            ListenSocket::Unix(s) => s.reregister(registry, token, interest),
+        }
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match &mut self.socket {
+            ListenSocket::Tcp(s) => s.deregister(registry),
+            ListenSocket::Unix(s) => s.deregister(registry),
+        }
+    }
+}
+
+/// A `--listen` value, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenSpec {
+    /// `HOST:PORT`, resolved with getaddrinfo.
+    Tcp(String),
+    /// `unix:PATH`: a socket file.
+    UnixPath(std::path::PathBuf),
+    /// `unix:@NAME`: Linux's abstract namespace.
+    UnixAbstract(String),
+}
+
+impl ListenSpec {
+    /// `unix:@NAME`, `unix:PATH`, or else `HOST:PORT`.
+    pub fn parse(spec: &str) -> Result<ListenSpec, String> {
+        match spec.strip_prefix("unix:") {
+            Some("") | Some("@") => Err(format!(
+                "'{spec}' names no socket (unix:PATH or unix:@NAME)"
+            )),
+            Some(rest) => Ok(match rest.strip_prefix('@') {
+                Some(name) => ListenSpec::UnixAbstract(name.to_string()),
+                None => ListenSpec::UnixPath(rest.into()),
+            }),
+            None => Ok(ListenSpec::Tcp(spec.to_string())),
+        }
+    }
+}
+
+/// Binds every spec, in order; TCP addresses are deduplicated.
+///
+/// On error, whatever was already bound is dropped again (and socket files removed).
+pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Vec<Listener>, ListenError> {
+    let mut listeners = Vec::new();
+    let mut seen = Vec::new();
+    for spec in specs {
+        let parsed = ListenSpec::parse(spec).map_err(|why| {
+            ListenError::new(spec, io::Error::new(io::ErrorKind::InvalidInput, why))
+        })?;
+        match parsed {
+            ListenSpec::Tcp(spec) => {
+                for (socket, addr) in tcp::bind_spec(&spec, options, &mut seen)? {
+                    listeners.push(Listener {
+                        socket: ListenSocket::Tcp(socket),
+                        endpoint: Endpoint::Tcp(addr),
+                        name: None,
+                        _file: None,
+                    });
+                }
+            }
+            ListenSpec::UnixPath(path) => {
+                let (socket, file) = unix::bind_path(&path, options)?;
+                listeners.push(Listener {
+                    socket: ListenSocket::Unix(socket),
+                    endpoint: Endpoint::UnixPath(path),
+                    name: None,
+                    _file: Some(file),
+                });
+            }
+            ListenSpec::UnixAbstract(name) => {
+                let socket = unix::bind_abstract(&name, options)?;
+                listeners.push(Listener {
+                    socket: ListenSocket::Unix(socket),
+                    endpoint: Endpoint::UnixAbstract(name),
+                    name: None,
+                    _file: None,
+                });
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+impl Listener {
+    /// An inherited socket: nothing to remove at exit, it belongs to whoever passed it.
+    pub(crate) fn inherited(
+        socket: ListenSocket,
+        endpoint: Endpoint,
+        name: Option<String>,
+    ) -> Self {
+        Listener {
+            socket,
+            endpoint,
+            name,
+            _file: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_by_prefix() {
+        assert_eq!(
+            ListenSpec::parse("localhost:7"),
+            Ok(ListenSpec::Tcp("localhost:7".into()))
+        );
+        assert_eq!(
+            ListenSpec::parse("unix:/run/echod.sock"),
+            Ok(ListenSpec::UnixPath("/run/echod.sock".into()))
+        );
+        assert_eq!(
+            ListenSpec::parse("unix:@echod"),
+            Ok(ListenSpec::UnixAbstract("echod".into()))
+        );
+        assert!(ListenSpec::parse("unix:").is_err());
+        assert!(ListenSpec::parse("unix:@").is_err());
+    }
+}
