@@ -84,13 +84,14 @@ impl Server {
         let poll = Poll::new()?;
         let as_io =
             |err: crate::listen::ListenError| io::Error::new(err.source.kind(), err.to_string());
-        let mut listeners = if config.inherit_sockets {
+        let inherited = if config.inherit_sockets {
             inherited::take_all().map_err(as_io)?
         } else {
-            Vec::new()
+            inherited::Inherited::default()
         };
+        let mut listeners = inherited.listeners;
         let default = [DEFAULT_LISTEN.to_string()];
-        let specs = if config.listen.is_empty() && listeners.is_empty() {
+        let specs = if config.listen.is_empty() && inherited.offered == 0 {
             &default[..]
         } else {
             &config.listen[..]

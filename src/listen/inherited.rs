@@ -16,14 +16,24 @@ use socket2::SockRef;
 
 use super::{Endpoint, ListenError, ListenSocket, Listener};
 
+/// What systemd passed in, and what echod took of it.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// The sockets echod serves.
+    pub listeners: Vec<Listener>,
+    /// How many descriptors were passed, served or not. Any at all means echod was
+    /// started as a service, so it must not fall back to binding its default address.
+    pub offered: usize,
+}
+
 /// Takes every socket systemd passed in; none when `LISTEN_FDS` is unset or meant for
 /// another process.
 ///
 /// A descriptor that is not a socket at all is an error (the unit is wrong). A socket of a
 /// kind echod does not serve (datagram, not listening) is skipped with a warning.
-pub fn take_all() -> Result<Vec<Listener>, ListenError> {
+pub fn take_all() -> Result<Inherited, ListenError> {
     let Some(count) = std::env::var_os("LISTEN_FDS") else {
-        return Ok(Vec::new());
+        return Ok(Inherited::default());
     };
     let ours = std::process::id().to_string();
     if let Some(pid) = std::env::var("LISTEN_PID").ok().filter(|pid| *pid != ours) {
@@ -51,13 +61,16 @@ pub fn take_all() -> Result<Vec<Listener>, ListenError> {
         match adopt(socket) {
             Ok((socket, endpoint)) => {
                 let listener = Listener::inherited(socket, endpoint, name);
-                info!("adopted {described}: {listener}");
+                info!("adopted {described}: {}", listener.endpoint);
                 listeners.push(listener);
             }
             Err(why) => warn!("{described}: {why}; skipped"),
         }
     }
-    Ok(listeners)
+    Ok(Inherited {
+        listeners,
+        offered: passed.len(),
+    })
 }
 
 /// What a passed descriptor turned out to be.

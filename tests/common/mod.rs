@@ -145,12 +145,61 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     bytes
 }
 
+/// Everything a child process writes to stderr, collected line by line by a thread.
+#[derive(Clone, Default)]
+pub struct LogLines(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl LogLines {
+    /// Starts collecting `stderr`; each line is also offered to `on_line`.
+    pub fn collect(
+        stderr: impl Read + Send + 'static,
+        mut on_line: impl FnMut(&str) + Send + 'static,
+    ) -> LogLines {
+        use std::io::BufRead;
+        let log = LogLines::default();
+        let collected = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                on_line(&line);
+                let mut all = collected.0.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        log
+    }
+
+    /// Everything collected so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (with a deadline) until the log contains `needle`; returns all of it.
+    #[track_caller]
+    pub fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let text = self.text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// The real `echod` binary, started with the given flags on a free port.
 pub struct BinaryServer {
     pub child: std::process::Child,
+    /// The first TCP address it said it listens on.
     pub addr: SocketAddr,
-    /// Everything the server has written to stderr so far (collected by a thread).
-    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Everything the server has written to stderr so far.
+    pub log: LogLines,
 }
 
 impl BinaryServer {
@@ -164,45 +213,37 @@ impl BinaryServer {
 
     /// Like [`BinaryServer::start`], from a prepared command (e.g. one run under a shell).
     pub fn start_with(mut command: std::process::Command, args: &[&str]) -> BinaryServer {
-        use std::io::BufRead;
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        BinaryServer::spawn(command)
+    }
+
+    /// Runs the prepared command as it is (it must make echod listen on some TCP address)
+    /// and waits for the first "listening on HOST:PORT" line.
+    pub fn spawn(mut command: std::process::Command) -> BinaryServer {
         use std::process::Stdio;
+        if !command.get_envs().any(|(key, _)| key == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start echod binary");
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (found, addr_found) = std::sync::mpsc::channel();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let collected = std::sync::Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            while let Some(Ok(line)) = lines.next() {
-                if let Some((_, addr)) = line.split_once("listening on ") {
-                    let _ = found.send(addr.trim().parse::<SocketAddr>());
-                }
-                let mut all = collected.lock().unwrap();
-                all.push_str(&line);
-                all.push('\n');
+        let log = LogLines::collect(child.stderr.take().unwrap(), move |line| {
+            let first_tcp = line
+                .split_once("listening on ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .and_then(|addr| addr.parse::<SocketAddr>().ok());
+            if let Some(addr) = first_tcp {
+                let _ = found.send(addr);
             }
         });
         let addr = addr_found
             .recv_timeout(IO_TIMEOUT)
-            .unwrap_or_else(|_| {
-                panic!(
-                    "echod never said where it listens: {}",
-                    stderr.lock().unwrap()
-                )
-            })
-            .expect("listening address parses");
-        BinaryServer {
-            child,
-            addr,
-            stderr,
-        }
+            .unwrap_or_else(|_| panic!("echod never said where it listens: {}", log.text()));
+        BinaryServer { child, addr, log }
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -239,18 +280,7 @@ impl BinaryServer {
     /// Waits (with a deadline) until stderr contains `needle`; returns all of stderr.
     #[track_caller]
     pub fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            let text = self.stderr.lock().unwrap().clone();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in echod's log:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.log.wait_for(needle)
     }
 }
 
