@@ -16,6 +16,7 @@
 //! cargo run --example client -- --interactive           # Type your msg here: …
 //! printf 'a\nb\n' | cargo run --example client -- --interactive   # a message per line
 //! cargo run --example client -- --hex "$(printf '\x01\x02')"      # replies as hex
+//! cargo run --example client -- --host unix:/tmp/echod.sock       # a Unix socket
 //! ```
 //!
 //! Exit status: 0 when every echo matched; 1 when one differed, the connection closed
@@ -23,6 +24,7 @@
 
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -37,7 +39,8 @@ const PROMPT: &str = "Type your msg here: ";
 #[derive(Debug, Parser)]
 #[command(name = "client")]
 struct Args {
-    /// Server host name or address (resolved with getaddrinfo).
+    /// Server host name or address (resolved with getaddrinfo), or a Unix socket as
+    /// unix:PATH or unix:@NAME (then --port is not used).
     #[arg(long, default_value = "localhost")]
     host: String,
 
@@ -81,11 +84,15 @@ fn run(args: &Args) -> Result<(), String> {
         ));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
-    let mut stream = connect(&args.host, args.port, timeout)?;
+    let mut stream: Box<dyn Duplex> = match args.host.strip_prefix("unix:") {
+        Some(path) => Box::new(connect_unix(path, timeout)?),
+        None => Box::new(connect(&args.host, args.port, timeout)?),
+    };
+    let stream = stream.as_mut();
 
     let interactive = args.interactive || (args.messages.is_empty() && io::stdin().is_terminal());
     if interactive {
-        return converse(&mut stream, args.hex);
+        return converse(stream, args.hex);
     }
     let messages: Vec<&str> = if args.messages.is_empty() {
         DEFAULT_MESSAGES.to_vec()
@@ -93,10 +100,33 @@ fn run(args: &Args) -> Result<(), String> {
         args.messages.iter().map(String::as_str).collect()
     };
     for message in messages {
-        let reply = echo(&mut stream, message.as_bytes())?;
+        let reply = echo(stream, message.as_bytes())?;
         println!("Received: {}", show(&reply, args.hex));
     }
     Ok(())
+}
+
+/// A connected socket of either kind: the conversation is the same bytes both ways.
+trait Duplex: Read + Write {}
+impl<T: Read + Write> Duplex for T {}
+
+/// A Unix socket: a path, or `@NAME` in Linux's abstract namespace.
+fn connect_unix(path: &str, timeout: Duration) -> Result<UnixStream, String> {
+    let connected = match path.strip_prefix('@') {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|addr| UnixStream::connect_addr(&addr))
+        }
+        _ => UnixStream::connect(path),
+    };
+    let stream = connected.map_err(|err| format!("cannot connect to unix:{path}: {err}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
 }
 
 /// getaddrinfo, then each address in turn until one connects (the tutorial's loop).
@@ -131,7 +161,7 @@ fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String
 }
 
 /// Sends `message` and reads back exactly `message.len()` bytes; they must match.
-fn echo(stream: &mut TcpStream, message: &[u8]) -> Result<Vec<u8>, String> {
+fn echo(stream: &mut dyn Duplex, message: &[u8]) -> Result<Vec<u8>, String> {
     stream
         .write_all(message)
         .map_err(|err| format!("send failed: {err}"))?;
@@ -173,7 +203,7 @@ fn echo(stream: &mut TcpStream, message: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// The interactive loop: prompt, send a line, print the reply, until EOF.
-fn converse(stream: &mut TcpStream, hex: bool) -> Result<(), String> {
+fn converse(stream: &mut dyn Duplex, hex: bool) -> Result<(), String> {
     let stdin = io::stdin();
     let mut lines = stdin.lock().lines();
     loop {

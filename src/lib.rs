@@ -6,7 +6,7 @@
 //! ## Layout
 //! - [`server`]: the event loop: one `mio::Poll`, phases per turn, accept, timers, shutdown.
 //! - `connection`: one client's state machine: drain, write straight back, owe the rest.
-//! - `stream`: the one seam between transports: a TCP or Unix stream, and who the peer is.
+//! - [`stream`]: the one seam between transports: a TCP or Unix stream, and who the peer is.
 //! - `pending`: a connection's unsent bytes; no buffer at all while nothing is owed.
 //! - `timers`: idle and stall timeouts as intrusive lists, O(1) per event.
 //! - [`listen`]: where listeners come from: `HOST:PORT`, `unix:PATH`, `unix:@NAME`, or
@@ -35,7 +35,7 @@ mod pending;
 mod print;
 pub mod server;
 pub mod stats;
-mod stream;
+pub mod stream;
 mod timers;
 
 pub use config::{Config, Mode};

@@ -13,9 +13,10 @@ use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 
-/// A connected, non-blocking stream socket.
+/// A connected, non-blocking stream socket. Public so that the examples' clients (the load
+/// generator) drive TCP and Unix sockets through the same seam as the server.
 #[derive(Debug)]
-pub(crate) enum Stream {
+pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
@@ -23,7 +24,7 @@ pub(crate) enum Stream {
 impl Stream {
     /// Turns Nagle's algorithm off on TCP: an echo is small and must go out at once.
     /// (Unix sockets have no such delay.)
-    pub(crate) fn set_nodelay(&self) -> io::Result<()> {
+    pub fn set_nodelay(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_nodelay(true),
             Stream::Unix(_) => Ok(()),
@@ -31,15 +32,30 @@ impl Stream {
     }
 
     /// Sends our FIN (or its Unix equivalent): the peer reads EOF, and may still send.
-    pub(crate) fn shutdown_writes(&self) -> io::Result<()> {
+    pub fn shutdown_writes(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
             Stream::Unix(s) => s.shutdown(Shutdown::Write),
         }
     }
 
+    /// Whether a non-blocking connect has completed (`getpeername` succeeds): `Ok(false)`
+    /// while it is still in progress.
+    pub fn is_connected(&self) -> io::Result<bool> {
+        let peer = match self {
+            Stream::Tcp(s) => s.peer_addr().map(drop),
+            Stream::Unix(s) => s.peer_addr().map(drop),
+        };
+        match peer {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// The socket's pending error (`SO_ERROR`), if any.
-    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         match self {
             Stream::Tcp(s) => s.take_error(),
             Stream::Unix(s) => s.take_error(),

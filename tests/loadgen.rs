@@ -9,7 +9,7 @@ use std::process::Output;
 
 use common::{TestServer, example};
 
-fn loadgen(addr: std::net::SocketAddr, args: &[&str]) -> (Output, String) {
+fn loadgen(addr: impl ToString, args: &[&str]) -> (Output, String) {
     let out = example("loadgen")
         .args(["--addr", &addr.to_string(), "--json", "--warmup", "0"])
         .args(args)
@@ -67,6 +67,41 @@ fn a_clean_run_checks_every_byte_and_counts_what_the_server_counts() {
 }
 
 #[test]
+fn unix_sockets_are_loaded_and_checked_the_same_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("load.sock");
+    let name = format!("echod-loadgen-{}", std::process::id());
+    let server = TestServer::with(echod::Config::listening_on([
+        format!("unix:{}", path.display()),
+        format!("unix:@{name}"),
+    ]));
+    for spec in [format!("unix:{}", path.display()), format!("unix:@{name}")] {
+        let (out, json) = loadgen(
+            &spec,
+            &[
+                "--conns",
+                "10",
+                "--size",
+                "64",
+                "--pipeline",
+                "2",
+                "--duration",
+                "0.3",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{spec}: {json}");
+        assert_eq!(field(&json, "conns"), 10);
+        assert_eq!(field(&json, "errors"), 0);
+        assert!(field(&json, "msgs") > 0, "{json}");
+    }
+    let stats = server.wait_for("both runs' connections to close", |s| {
+        s.closed_total() == 20
+    });
+    assert_eq!(stats.accepted, 20);
+    assert_eq!(stats.bytes_in, stats.bytes_out);
+}
+
+#[test]
 fn idle_mode_holds_every_connection_and_pings_each_once() {
     let server = TestServer::start();
     let (out, json) = loadgen(
@@ -117,7 +152,7 @@ fn nobody_listening_is_a_counted_connect_failure() {
         .unwrap()
         .port();
     let (out, json) = loadgen(
-        ([127, 0, 0, 1], port).into(),
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         &["--conns", "5", "--duration", "0.1"],
     );
     assert_eq!(out.status.code(), Some(1), "{json}");

@@ -51,6 +51,50 @@ fn client_sends_the_tutorial_greetings_by_default() {
 }
 
 #[test]
+fn client_talks_over_unix_sockets_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tutorial.sock");
+    let name = format!("echod-client-{}", std::process::id());
+    let server = TestServer::with(Config::listening_on([
+        format!("unix:{}", path.display()),
+        format!("unix:@{name}"),
+    ]));
+    for host in [format!("unix:{}", path.display()), format!("unix:@{name}")] {
+        let out = common::example("client")
+            .args([
+                "--host",
+                &host,
+                "--timeout",
+                "20",
+                "Hello, world",
+                "汉语/漢語 Hànyǔ",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            "Received: Hello, world\nReceived: 汉语/漢語 Hànyǔ\n"
+        );
+    }
+    drop(server);
+    let out = common::example("client")
+        .args(["--host", &format!("unix:{}", path.display())])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "client: cannot connect to unix:{}: No such file or directory (os error 2)\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
 fn client_round_trips_given_messages_and_hex() {
     let server = TestServer::start();
     let out = run_client(server.addr().port(), &["one", "two words", "ünï"], "");

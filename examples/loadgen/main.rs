@@ -22,7 +22,7 @@ mod report;
 mod wire;
 mod worker;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier, OnceLock};
@@ -32,13 +32,13 @@ use clap::Parser;
 
 use probe::Probe;
 use report::Report;
-use worker::{Plan, Shared};
+use worker::{Plan, Shared, Target};
 
 /// Load generator for echo servers: many connections, every byte checked, latency measured.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen")]
 struct Args {
-    /// Server address, HOST:PORT.
+    /// Server address: HOST:PORT, unix:PATH or unix:@NAME (as echod's --listen).
     #[arg(long, default_value = "localhost:50007")]
     addr: String,
 
@@ -126,19 +126,43 @@ fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration, String>
     }
 }
 
+/// `HOST:PORT` (the first address it resolves to), `unix:PATH` or `unix:@NAME`.
+fn target(spec: &str) -> Result<Target, String> {
+    use echod::listen::ListenSpec;
+    let unix = |addr: std::io::Result<std::os::unix::net::SocketAddr>| {
+        addr.map(Target::Unix)
+            .map_err(|err| format!("bad Unix address {spec}: {err}"))
+    };
+    match ListenSpec::parse(spec)? {
+        ListenSpec::Tcp(host_port) => host_port
+            .to_socket_addrs()
+            .map_err(|err| format!("cannot resolve {spec}: {err}"))?
+            .next()
+            .map(Target::Tcp)
+            .ok_or_else(|| format!("{spec} resolved to no address")),
+        ListenSpec::UnixPath(path) => unix(std::os::unix::net::SocketAddr::from_pathname(path)),
+        ListenSpec::UnixAbstract(name) => {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            {
+                use std::os::linux::net::SocketAddrExt;
+                unix(std::os::unix::net::SocketAddr::from_abstract_name(name))
+            }
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            Err(format!(
+                "{spec}: abstract socket names exist only on Linux ({name})"
+            ))
+        }
+    }
+}
+
 fn run(args: &Args) -> Result<Report, String> {
-    let addr: SocketAddr = args
-        .addr
-        .to_socket_addrs()
-        .map_err(|err| format!("cannot resolve {}: {err}", args.addr))?
-        .next()
-        .ok_or_else(|| format!("{} resolved to no address", args.addr))?;
+    let target = target(&args.addr)?;
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("--rate must be a positive number".into());
     }
     let threads = args.threads.min(args.conns) as usize;
     let plan = Plan {
-        addr,
+        target,
         size: args.size as usize,
         pipeline: args.pipeline as usize,
         warmup: if args.idle {

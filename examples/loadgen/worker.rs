@@ -3,7 +3,7 @@
 //!
 //! A worker goes through three phases:
 //! 1. **ramp**: non-blocking connects, a bounded number in flight, each finished by mio's
-//!    documented steps (WRITABLE event, then `take_error`, then `peer_addr`);
+//!    documented steps (WRITABLE event, then `take_error`, then `peer_addr`); TCP or Unix;
 //! 2. **load**: keep `pipeline` messages in flight on every connection (or send at a fixed
 //!    rate), checking every echoed byte and timing every message;
 //! 3. or, with `--idle`, **hold** every connection silent, then ping each once.
@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+use echod::stream::Stream as Socket;
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::wire::{Stream, pattern};
@@ -30,7 +31,7 @@ const RATE_TICK: Duration = Duration::from_millis(1);
 /// What every worker is told to do.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    pub addr: SocketAddr,
+    pub target: Target,
     pub size: usize,
     pub pipeline: usize,
     pub warmup: Duration,
@@ -114,9 +115,29 @@ enum Phase {
     Closed,
 }
 
+/// Where to connect: the same spellings as echod's `--listen`.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Tcp(SocketAddr),
+    /// A Unix socket path, or (Linux) an abstract name.
+    Unix(std::os::unix::net::SocketAddr),
+}
+
+impl Target {
+    /// Starts a non-blocking connect (TCP) or connects at once (Unix, where a full backlog
+    /// is an error rather than a wait).
+    fn connect(&self) -> io::Result<Socket> {
+        match self {
+            Target::Tcp(addr) => TcpStream::connect(*addr).map(Socket::Tcp),
+            Target::Unix(addr) => UnixStream::connect_addr(addr).map(Socket::Unix),
+        }
+    }
+}
+
 /// One client connection's state.
 struct Conn {
-    stream: TcpStream,
+    /// TCP or Unix, driven alike through echod's own stream seam.
+    stream: Socket,
     id: u32,
     phase: Phase,
     /// Stream bytes written so far.
@@ -217,7 +238,7 @@ impl Worker<'_> {
         while settled < count {
             while in_flight < self.plan.connects_in_flight && conns.len() < count {
                 let id = first_id + conns.len() as u32;
-                match TcpStream::connect(self.plan.addr) {
+                match self.plan.target.connect() {
                     Ok(mut stream) => {
                         let token = Token(conns.len());
                         // Both directions, edge-triggered, registered once for good.
@@ -485,7 +506,7 @@ impl Worker<'_> {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, id: u32, pipeline: usize) -> Conn {
+    fn new(stream: Socket, id: u32, pipeline: usize) -> Conn {
         Conn {
             stream,
             id,
@@ -513,15 +534,11 @@ impl Conn {
         if let Some(err) = self.stream.take_error()? {
             return Err(err);
         }
-        match self.stream.peer_addr() {
-            Ok(_) => {
-                self.stream.set_nodelay(true)?;
-                Ok(true)
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotConnected => Ok(false),
-            Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => Ok(false),
-            Err(err) => Err(err),
+        if !self.stream.is_connected()? {
+            return Ok(false);
         }
+        self.stream.set_nodelay()?;
+        Ok(true)
     }
 }
 
