@@ -75,6 +75,7 @@ fn unix_sockets_are_loaded_and_checked_the_same_way() {
         format!("unix:{}", path.display()),
         format!("unix:@{name}"),
     ]));
+    let mut msgs = 0;
     for spec in [format!("unix:{}", path.display()), format!("unix:@{name}")] {
         let (out, json) = loadgen(
             &spec,
@@ -93,12 +94,16 @@ fn unix_sockets_are_loaded_and_checked_the_same_way() {
         assert_eq!(field(&json, "conns"), 10);
         assert_eq!(field(&json, "errors"), 0);
         assert!(field(&json, "msgs") > 0, "{json}");
+        msgs += field(&json, "msgs");
     }
     let stats = server.wait_for("both runs' connections to close", |s| {
         s.closed_total() == 20
     });
     assert_eq!(stats.accepted, 20);
-    assert_eq!(stats.bytes_in, stats.bytes_out);
+    // Every message counted came back whole (messages still in flight when the load
+    // generator hung up may have been read but not written back).
+    assert!(stats.bytes_out >= msgs * 64);
+    assert_eq!(stats.bytes_in % 64, 0, "only whole messages are sent");
 }
 
 #[test]
@@ -163,4 +168,91 @@ fn nobody_listening_is_a_counted_connect_failure() {
         0,
         "a failed connect is not also a reset"
     );
+}
+
+#[test]
+fn churn_counts_every_connection_the_server_counts() {
+    let server = TestServer::start();
+    let (out, json) = loadgen(
+        server.addr(),
+        &["--churn", "--conns", "8", "--duration", "0.5"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert_eq!(field(&json, "errors"), 0);
+    assert_eq!(field(&json, "connect_failures"), 0);
+    let cycles = field(&json, "cycles");
+    assert!(cycles > 0, "{json}");
+    assert!(field(&json, "connect_p99_us") > 0, "{json}");
+    // Every connection made (warm-up and measured window alike) reached the server (and
+    // some more, begun as the run ended), and the server closed them all; each that
+    // finished its cycle sent one whole message and got it back.
+    let made = field(&json, "conns");
+    let stats = server.wait_for("every churned connection to close", |s| {
+        s.active == 0 && s.accepted >= made
+    });
+    assert_eq!(stats.closed_total(), stats.accepted);
+    assert!(stats.bytes_out >= cycles * 64);
+    assert_eq!(stats.bytes_in % 64, 0);
+}
+
+#[test]
+fn bind_spreads_connections_over_the_source_addresses_given() {
+    let mut config = echod::Config::listening_on(["127.0.0.1:0"]);
+    config.max_connections_per_ip = Some(1); // one per source: a second from one is refused
+    let server = TestServer::with(config);
+    let (out, json) = loadgen(
+        server.addr(),
+        &[
+            "--idle",
+            "--conns",
+            "3",
+            "--bind",
+            "127.0.0.2,127.0.0.3,127.0.0.4",
+            "--duration",
+            "0.2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert_eq!(field(&json, "answered"), 3);
+    let stats = server.stop();
+    assert_eq!(stats.rejected_per_ip, 0);
+    assert_eq!(stats.peak_active, 3);
+
+    // Churn from chosen sources works the same way.
+    let server = TestServer::start();
+    let (out, json) = loadgen(
+        server.addr(),
+        &[
+            "--churn",
+            "--conns",
+            "4",
+            "--bind",
+            "127.0.0.2,127.0.0.3",
+            "--duration",
+            "0.2",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert!(field(&json, "cycles") > 0, "{json}");
+}
+
+#[test]
+fn churn_catches_a_corrupting_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // Every connection's echo has its 21st byte flipped.
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0; 64];
+            if stream.read_exact(&mut buf).is_ok() {
+                buf[20] ^= 1;
+                let _ = stream.write_all(&buf);
+            }
+        }
+    });
+    let (out, json) = loadgen(addr, &["--churn", "--conns", "1", "--duration", "0.2"]);
+    assert_eq!(out.status.code(), Some(1), "{json}");
+    assert!(field(&json, "mismatches") >= 1, "{json}");
+    assert_eq!(field(&json, "cycles"), 0);
 }

@@ -9,6 +9,7 @@
 //! cargo run --release --example loadgen -- --conns 100 --size 64 # terminal 2
 //! cargo run --release --example loadgen -- --conns 1000 --pipeline 8 --threads 2 --json
 //! cargo run --release --example loadgen -- --conns 19000 --idle --duration 10
+//! cargo run --release --example loadgen -- --churn --conns 100 --duration 5
 //! ```
 //!
 //! Layout: `wire.rs` (the message format and its check), `worker.rs` (one thread's poll
@@ -73,8 +74,19 @@ struct Args {
 
     /// Open the connections, hold them silent for --duration, then ping each once and
     /// report how many answered.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "churn")]
     idle: bool,
+
+    /// Connection churn: each of --conns slots connects, sends one message, reads its echo,
+    /// closes, and starts over. Reports connections per second, connect latency and (with
+    /// --server-pid) the server's CPU per connection: the cost of the accept path.
+    #[arg(long, conflicts_with_all = ["rate", "pipeline"])]
+    churn: bool,
+
+    /// Local addresses to connect from, used in turn, e.g. 127.0.0.2,127.0.0.3: each gives
+    /// about 28,000 more ephemeral ports towards one server address.
+    #[arg(long, value_name = "ADDR[,ADDR…]", value_delimiter = ',')]
+    bind: Vec<std::net::IpAddr>,
 
     /// Connects in flight at once while ramping up.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
@@ -85,8 +97,9 @@ struct Args {
     connect_timeout: f64,
 
     /// PID of the server under test: report its CPU time per message and its memory.
+    /// Repeatable: several processes (sharing a port with --reuse-port) are added up.
     #[arg(long, value_name = "PID")]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
 
     /// Print one JSON line instead of the table.
     #[arg(long)]
@@ -172,6 +185,8 @@ fn run(args: &Args) -> Result<Report, String> {
         },
         duration: seconds("duration", args.duration, false)?,
         idle: args.idle,
+        churn: args.churn,
+        bind: args.bind.clone(),
         rate: args.rate.map(|r| r / threads as f64),
         connects_in_flight: (args.connect_burst as usize).div_ceil(threads),
         connect_timeout: seconds("connect-timeout", args.connect_timeout, false)?,
@@ -180,7 +195,9 @@ fn run(args: &Args) -> Result<Report, String> {
     // One descriptor per connection: take all the process may have.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 
-    let probe = args.server_pid.map(Probe::new).transpose()?;
+    let probe = (!args.server_pid.is_empty())
+        .then(|| Probe::new(&args.server_pid))
+        .transpose()?;
     let rss_before = probe.as_ref().map(Probe::rss_kib).transpose()?;
 
     let shared = Arc::new(Shared {
@@ -243,6 +260,7 @@ fn run(args: &Args) -> Result<Report, String> {
     }
 
     let mut report = Report::new(args.conns as u64, plan.size, plan.duration, plan.idle);
+    report.churn = plan.churn;
     for handle in handles {
         let outcome = handle
             .join()

@@ -10,6 +10,8 @@ pub struct Report {
     size: usize,
     duration: Duration,
     idle: bool,
+    /// `--churn`: the figures are per connection, not per message.
+    pub churn: bool,
     /// Every thread's counts, added up.
     totals: Outcome,
     /// Server CPU seconds used during the measured window.
@@ -25,6 +27,7 @@ impl Report {
             size,
             duration,
             idle,
+            churn: false,
             totals: Outcome::new(),
             server_cpu_s: None,
             server_rss_before_kib: None,
@@ -50,6 +53,24 @@ impl Report {
 
     fn msgs_per_s(&self) -> f64 {
         self.totals.msgs as f64 / self.duration.as_secs_f64()
+    }
+
+    fn conns_per_s(&self) -> f64 {
+        self.totals.cycles as f64 / self.duration.as_secs_f64()
+    }
+
+    /// A connect-latency percentile, in µs.
+    fn connect_micros(&self, quantile: f64) -> f64 {
+        if self.totals.connect_latency.is_empty() {
+            return 0.0;
+        }
+        self.totals.connect_latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+
+    fn cpu_us_per_conn(&self) -> Option<f64> {
+        self.server_cpu_s
+            .filter(|_| self.churn && self.totals.cycles > 0)
+            .map(|cpu| cpu * 1e6 / self.totals.cycles as f64)
     }
 
     fn micros(&self, quantile: f64) -> f64 {
@@ -81,11 +102,19 @@ impl Report {
 
     pub fn to_table(&self) -> String {
         let mut t = String::new();
-        let _ = writeln!(
-            t,
-            "connections   {} up of {} ({} failed)",
-            self.totals.connected, self.conns_requested, self.totals.connect_failures
-        );
+        if self.churn {
+            let _ = writeln!(
+                t,
+                "connections   {} made by {} slots ({} failed)",
+                self.totals.connected, self.conns_requested, self.totals.connect_failures
+            );
+        } else {
+            let _ = writeln!(
+                t,
+                "connections   {} up of {} ({} failed)",
+                self.totals.connected, self.conns_requested, self.totals.connect_failures
+            );
+        }
         if self.idle {
             let _ = writeln!(
                 t,
@@ -103,6 +132,23 @@ impl Report {
                 self.duration.as_secs_f64(),
                 self.msgs_per_s(),
                 self.msgs_per_s() * self.size as f64 / 1e6
+            );
+        }
+        if self.churn {
+            let _ = writeln!(
+                t,
+                "churn         {} connections opened, echoed and closed in {:.1} s: {:.0} conns/s",
+                self.totals.cycles,
+                self.duration.as_secs_f64(),
+                self.conns_per_s()
+            );
+            let _ = writeln!(
+                t,
+                "connect µs    p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}",
+                self.connect_micros(0.5),
+                self.connect_micros(0.9),
+                self.connect_micros(0.99),
+                self.connect_micros(0.999)
             );
         }
         let _ = writeln!(
@@ -129,7 +175,9 @@ impl Report {
                 String::new()
             }
         );
-        if let Some(cpu) = self.cpu_us_per_msg() {
+        if let Some(cpu) = self.cpu_us_per_conn() {
+            let _ = writeln!(t, "server CPU    {cpu:.2} µs per connection");
+        } else if let Some(cpu) = self.cpu_us_per_msg() {
             let _ = writeln!(t, "server CPU    {cpu:.2} µs per message");
         }
         if let (Some(before), Some(loaded)) =
@@ -182,6 +230,14 @@ impl Report {
             opt(self.server_rss_loaded_kib.map(|v| v as f64)),
         );
         field("server_rss_per_conn_kib", opt(self.rss_per_conn_kib()));
+        field("churn", self.churn.to_string());
+        field("cycles", self.totals.cycles.to_string());
+        field("conns_per_s", num(self.conns_per_s()));
+        field("connect_p50_us", num(self.connect_micros(0.5)));
+        field("connect_p90_us", num(self.connect_micros(0.9)));
+        field("connect_p99_us", num(self.connect_micros(0.99)));
+        field("connect_p999_us", num(self.connect_micros(0.999)));
+        field("server_cpu_us_per_conn", opt(self.cpu_us_per_conn()));
         j.push('}');
         j
     }

@@ -9,7 +9,7 @@
 //! 3. or, with `--idle`, **hold** every connection silent, then ping each once.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
@@ -37,6 +37,10 @@ pub struct Plan {
     pub warmup: Duration,
     pub duration: Duration,
     pub idle: bool,
+    /// `--churn`: connect, one message, close, again; measures the accept path.
+    pub churn: bool,
+    /// Local addresses to connect from, taken in turn (`--bind`); empty: the kernel picks.
+    pub bind: Vec<IpAddr>,
     /// Messages per second for this thread (`None`: as fast as echoes return).
     pub rate: Option<f64>,
     /// Connects in flight at once, for this thread.
@@ -75,6 +79,11 @@ pub struct Outcome {
     pub answered: u64,
     /// `--rate`: messages due that no connection had pipeline room for.
     pub behind: u64,
+    /// `--churn`: connections that connected, echoed their message and closed within the
+    /// measured window.
+    pub cycles: u64,
+    /// `--churn`: from `connect()` to the event saying it completed, in nanoseconds.
+    pub connect_latency: Histogram<u64>,
 }
 
 impl Outcome {
@@ -91,6 +100,9 @@ impl Outcome {
             eofs: 0,
             answered: 0,
             behind: 0,
+            cycles: 0,
+            connect_latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                .expect("histogram bounds"),
         }
     }
 
@@ -105,6 +117,8 @@ impl Outcome {
         self.eofs += other.eofs;
         self.answered += other.answered;
         self.behind += other.behind;
+        self.cycles += other.cycles;
+        let _ = self.connect_latency.add(&other.connect_latency);
     }
 }
 
@@ -124,12 +138,26 @@ pub enum Target {
 }
 
 impl Target {
-    /// Starts a non-blocking connect (TCP) or connects at once (Unix, where a full backlog
-    /// is an error rather than a wait).
-    fn connect(&self) -> io::Result<Socket> {
-        match self {
-            Target::Tcp(addr) => TcpStream::connect(*addr).map(Socket::Tcp),
-            Target::Unix(addr) => UnixStream::connect_addr(addr).map(Socket::Unix),
+    /// Starts a non-blocking connect (TCP, from `source` if given) or connects at once
+    /// (Unix, where a full backlog is an error rather than a wait).
+    fn connect(&self, source: Option<IpAddr>) -> io::Result<Socket> {
+        match (self, source) {
+            (Target::Tcp(addr), None) => TcpStream::connect(*addr).map(Socket::Tcp),
+            (Target::Tcp(addr), Some(ip)) => {
+                // One source address has ~28,000 ephemeral ports towards one server
+                // address; more connections than that need more sources (127.0.0.x).
+                use socket2::{Domain, Socket as RawSocket, Type};
+                let socket = RawSocket::new(Domain::for_address(*addr), Type::STREAM, None)?;
+                socket.set_nonblocking(true)?;
+                socket.bind(&SocketAddr::new(ip, 0).into())?;
+                match socket.connect(&(*addr).into()) {
+                    Ok(()) => {}
+                    Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                    Err(err) => return Err(err),
+                }
+                Ok(Socket::Tcp(TcpStream::from_std(socket.into())))
+            }
+            (Target::Unix(addr), _) => UnixStream::connect_addr(addr).map(Socket::Unix),
         }
     }
 }
@@ -148,6 +176,8 @@ struct Conn {
     allowed: u64,
     /// Send timestamps of messages in flight, by `seq % pipeline`.
     sent_at: Box<[u64]>,
+    /// `--churn`: when `connect()` was called (nanoseconds since the epoch).
+    connect_started_ns: u64,
 }
 
 /// The thread's buffers and tallies: allocated once, reused for every message.
@@ -182,7 +212,11 @@ pub fn run(plan: &Plan, shared: &Shared, first_id: u32, count: usize) -> io::Res
         window_end: u64::MAX,
         out: Outcome::new(),
     };
-    let mut conns = worker.ramp(&mut poll, &mut events, first_id, count)?;
+    let mut conns = if plan.churn {
+        Vec::new() // churn connects as it goes, from the common start line
+    } else {
+        worker.ramp(&mut poll, &mut events, first_id, count)?
+    };
 
     // Everyone starts together; the last to arrive fixes the start time for all.
     if shared.ready.wait().is_leader() {
@@ -195,6 +229,8 @@ pub fn run(plan: &Plan, shared: &Shared, first_id: u32, count: usize) -> io::Res
 
     if plan.idle {
         worker.hold_then_ping(&mut poll, &mut events, &mut conns, start)?;
+    } else if plan.churn {
+        worker.churn(&mut poll, &mut events, first_id, count, start)?;
     } else {
         worker.load(&mut poll, &mut events, &mut conns, start)?;
     }
@@ -238,7 +274,7 @@ impl Worker<'_> {
         while settled < count {
             while in_flight < self.plan.connects_in_flight && conns.len() < count {
                 let id = first_id + conns.len() as u32;
-                match self.plan.target.connect() {
+                match self.plan.target.connect(self.source(id)) {
                     Ok(mut stream) => {
                         let token = Token(conns.len());
                         // Both directions, edge-triggered, registered once for good.
@@ -353,6 +389,124 @@ impl Worker<'_> {
             }
             self.shared.echoed.fetch_add(echoed, Ordering::Relaxed);
         }
+    }
+
+    /// `--churn`: `count` slots, each a short life on repeat: connect, send one message,
+    /// read its echo (checked), close, and connect again at once, until the window ends.
+    /// The server's accept path (accept, register, first read, close) is the load.
+    fn churn(
+        &mut self,
+        poll: &mut Poll,
+        events: &mut Events,
+        first_id: u32,
+        count: usize,
+        start: Instant,
+    ) -> io::Result<()> {
+        let end = start + self.plan.warmup + self.plan.duration;
+        let mut next_id = first_id;
+        let mut slots: Vec<Option<Conn>> = (0..count).map(|_| None).collect();
+        self.tick();
+        for slot in 0..count {
+            self.reconnect(poll, &mut slots, slot, &mut next_id)?;
+        }
+        loop {
+            let now = self.tick();
+            if now >= end {
+                return Ok(());
+            }
+            wait(poll, events, end - now)?;
+            self.tick();
+            let mut echoed = 0;
+            for event in events.iter() {
+                let slot = event.token().0;
+                let Some(conn) = slots[slot].as_mut() else {
+                    continue;
+                };
+                if conn.phase == Phase::Connecting {
+                    match conn.finish_connect() {
+                        Ok(true) => {
+                            conn.phase = Phase::Open;
+                            self.out.connected += 1;
+                            self.shared.connected.fetch_add(1, Ordering::Relaxed);
+                            if self.in_window() {
+                                let took = self.now_ns.saturating_sub(conn.connect_started_ns);
+                                let _ = self.out.connect_latency.record(took.max(1));
+                            }
+                            self.pump_writes(conn);
+                        }
+                        Ok(false) => continue, // spurious: not connected yet
+                        Err(err) => {
+                            if self.out.connect_failures == 0 {
+                                eprintln!("loadgen: connect: {err}");
+                            }
+                            self.out.connect_failures += 1;
+                            self.reconnect(poll, &mut slots, slot, &mut next_id)?;
+                        }
+                    }
+                    continue;
+                }
+                if conn.phase == Phase::Open {
+                    echoed += self.pump_reads(conn);
+                }
+                let done = conn.received >= self.plan.size as u64;
+                if done && self.in_window() {
+                    self.out.cycles += 1;
+                }
+                if done || conn.phase == Phase::Closed {
+                    // Closing drops the socket (and its registration); the slot's next
+                    // connection may reuse the token: its first event is a connect check,
+                    // which a stale event for the old socket cannot fool.
+                    self.reconnect(poll, &mut slots, slot, &mut next_id)?;
+                } else {
+                    self.pump_writes(conn);
+                }
+            }
+            self.shared.echoed.fetch_add(echoed, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts the next connection in `slot` (dropping whatever was there).
+    fn reconnect(
+        &mut self,
+        poll: &mut Poll,
+        slots: &mut [Option<Conn>],
+        slot: usize,
+        next_id: &mut u32,
+    ) -> io::Result<()> {
+        let id = *next_id;
+        *next_id = next_id.wrapping_add(1);
+        slots[slot] = None;
+        match self.plan.target.connect(self.source(id)) {
+            Ok(mut stream) => {
+                poll.registry().register(
+                    &mut stream,
+                    Token(slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                let mut conn = Conn::new(stream, id, 1);
+                conn.allowed = 1;
+                conn.connect_started_ns = self.now_ns;
+                slots[slot] = Some(conn);
+            }
+            Err(err) => {
+                // Out of ports or descriptors: this slot stays empty; the run is not clean.
+                if self.out.connect_failures == 0 {
+                    eprintln!("loadgen: connect: {err}");
+                }
+                self.out.connect_failures += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether now is inside the measured window.
+    fn in_window(&self) -> bool {
+        self.now_ns >= self.window_start && self.now_ns < self.window_end
+    }
+
+    /// The `--bind` address connection `id` starts from (taken in turn), if any.
+    fn source(&self, id: u32) -> Option<IpAddr> {
+        (!self.plan.bind.is_empty()).then(|| self.plan.bind[id as usize % self.plan.bind.len()])
     }
 
     /// Phase 3 (`--idle`): hold every connection silent, then ping each once.
@@ -515,6 +669,7 @@ impl Conn {
             received: 0,
             allowed: u64::MAX,
             sent_at: vec![0; pipeline].into_boxed_slice(),
+            connect_started_ns: 0,
         }
     }
 
