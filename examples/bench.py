@@ -11,6 +11,14 @@ p99 latency, peak RSS, and RSS per idle connection.
     python3 examples/bench.py                        # everything (about 15 minutes)
     python3 examples/bench.py --rounds 1 --duration 3 --scenarios 100x64 16k
     python3 examples/bench.py --servers echod c-epoll --no-strace
+    python3 examples/bench.py --scenarios churn idle2x   # the accept path; two processes
+    python3 examples/bench.py --sweep --rounds 5     # cost against connections, charts in docs/
+    python3 examples/bench.py --sweep --sweep-points 100 10000 --rounds 1   # a short sweep
+
+`--sweep` runs 64 B ping-pong at each of --sweep-points connections for echod, the
+references and echod-poll (echod on mio's poll(2) selector, built in target/poll), and
+draws server CPU per message and p99 latency against connections as SVG charts
+(docs/sweep-cpu.svg, docs/sweep-p99.svg; matplotlib is installed with pip if missing).
 
 Only loopback (127.0.0.1) is used; every run is bounded by --duration and timeouts.
 Figures drift on a shared machine: compare servers within one run, as ratios.
@@ -30,6 +38,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ECHOD = os.path.join(ROOT, "target", "release", "echod")
+# echod built on mio's poll(2) selector: the lesson of why epoll exists.
+POLL_TARGET = os.path.join(ROOT, "target", "poll")
+ECHOD_POLL = os.path.join(POLL_TARGET, "release", "echod")
+DOCS = os.path.join(ROOT, "docs")
 LOADGEN = os.path.join(ROOT, "target", "release", "examples", "loadgen")
 
 # name -> (loadgen arguments, what it shows)
@@ -39,7 +51,19 @@ SCENARIOS = {
     "16k": (["--conns", "50", "--size", "16384"], "50 conns × 16 KiB"),
     "pipe8": (["--conns", "1000", "--size", "64", "--pipeline", "8"], "1,000 conns × 64 B, 8 in flight"),
     "idle": (["--conns", "19000", "--idle"], "19,000 idle connections held"),
+    "churn": (["--churn", "--conns", "100", "--size", "64"],
+              "churn: 100 at once, each connect + 64 B echo + close"),
+    # Run specially (two echod processes sharing a port, two load generators).
+    "idle2x": ([], "38,000 idle connections, two echod processes (--reuse-port)"),
 }
+# The figures that matter per scenario: (cost key, rate key, rate label).
+PER_CONNECTION = ("server_cpu_us_per_conn", "conns_per_s", "conns/s")
+PER_MESSAGE = ("server_cpu_us_per_msg", "msgs_per_s", "msgs/s")
+SWEEP_POINTS = [100, 1000, 5000, 10000, 19000]
+SWEEP_SERVERS = ["echod", "c-epoll", "libuv", "tokio-ct", "echod-poll"]
+# Two processes of 19,000 idle connections each: one load generator process per source
+# address (about 28,000 ports each) and per descriptor limit (20,000).
+IDLE2X_PER_PROCESS = 19000
 DEFAULT_SERVERS = ["echod", "c-epoll", "libuv", "tokio-ct"]
 
 
@@ -47,9 +71,14 @@ def log(*parts):
     print(*parts, file=sys.stderr, flush=True)
 
 
-def build(anchors):
+def build(anchors, servers):
     log("build: echod and its examples (release)")
     subprocess.run(["cargo", "build", "--release", "--bins", "--examples", "-q"], cwd=ROOT, check=True)
+    if "echod-poll" in servers:
+        log("build: echod-poll (mio's poll(2) selector, in target/poll)")
+        env = dict(os.environ, RUSTFLAGS="--cfg mio_unsupported_force_poll_poll",
+                   CARGO_TARGET_DIR=POLL_TARGET)
+        subprocess.run(["cargo", "build", "--release", "--bins", "-q"], cwd=ROOT, env=env, check=True)
     log("build: reference servers")
     subprocess.run(["bash", os.path.join(anchors, "build.sh")], check=True, stdout=sys.stderr)
     for tool in ("taskset", "strace"):
@@ -61,9 +90,10 @@ def build(anchors):
 class Server:
     """One server process, pinned to core 0, listening on 127.0.0.1:port."""
 
-    def __init__(self, name, port, anchors, wrapper=()):
-        if name == "echod":
-            command = [ECHOD, "-qq", "--listen", f"127.0.0.1:{port}"]
+    def __init__(self, name, port, anchors, wrapper=(), extra=()):
+        if name in ("echod", "echod-poll"):
+            binary = ECHOD if name == "echod" else ECHOD_POLL
+            command = [binary, "-qq", "--listen", f"127.0.0.1:{port}"] + list(extra)
         else:
             command = [os.path.join(anchors, "start.sh"), name, str(port)]
         command = list(wrapper) + command
@@ -102,16 +132,83 @@ class Server:
             self.proc.wait()
 
 
-def loadgen(port, pid, args, duration, warmup):
+def loadgen_command(port, pids, args, duration, warmup):
     command = ["taskset", "-c", "1", LOADGEN, "--addr", f"127.0.0.1:{port}", "--json",
                "--duration", str(duration), "--warmup", str(warmup)] + args
-    if pid is not None:
+    for pid in pids:
         command += ["--server-pid", str(pid)]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + warmup + 180)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    return command
+
+
+def parse_loadgen(stdout, returncode, stderr):
+    lines = [l for l in stdout.splitlines() if l.startswith("{")]
     if not lines:
-        raise RuntimeError(f"loadgen failed ({out.returncode}): {out.stderr[-500:]}")
+        raise RuntimeError(f"loadgen failed ({returncode}): {stderr[-500:]}")
     return json.loads(lines[-1])
+
+
+def loadgen(port, pid, args, duration, warmup):
+    pids = [] if pid is None else [pid]
+    out = subprocess.run(loadgen_command(port, pids, args, duration, warmup),
+                         capture_output=True, text=True, timeout=duration + warmup + 180)
+    return parse_loadgen(out.stdout, out.returncode, out.stderr)
+
+
+def sockstat_tcp():
+    """The kernel's TCP line of /proc/net/sockstat: sockets in use and buffer memory (pages)."""
+    with open("/proc/net/sockstat") as stat:
+        for line in stat:
+            if line.startswith("TCP:"):
+                fields = line.split()
+                values = dict(zip(fields[1::2], (int(v) for v in fields[2::2])))
+                return values["inuse"], values["mem"]
+    return None, None
+
+
+def idle_two_processes(port, duration):
+    """Two echod processes share one port (--reuse-port); two load generators, each from its
+    own source address, hold IDLE2X_PER_PROCESS idle connections apiece, then ping each."""
+    servers = [Server("echod", port, None, extra=["--reuse-port"]) for _ in range(2)]
+    try:
+        inuse_before, mem_before = sockstat_tcp()
+        pids = [s.pid for s in servers]
+        args = ["--idle", "--conns", str(IDLE2X_PER_PROCESS)]
+        procs = [subprocess.Popen(
+                    loadgen_command(port, pids, args + ["--bind", f"127.0.0.{2 + i}"], duration, 0),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+        # Watch the kernel's side while the connections are held.
+        inuse_peak, mem_peak = inuse_before, mem_before
+        while any(p.poll() is None for p in procs):
+            inuse, mem = sockstat_tcp()
+            inuse_peak, mem_peak = max(inuse_peak, inuse), max(mem_peak, mem)
+            time.sleep(0.2)
+        results = []
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=60)
+            results.append(parse_loadgen(stdout, proc.returncode, stderr))
+        conns = sum(r["conns"] for r in results)
+        answered = sum(r["answered"] for r in results)
+        # Both load generators sample the two servers' RSS together; the one that sampled
+        # later saw more of the connections up, so take the larger.
+        before = min(r["server_rss_before_kib"] for r in results)
+        loaded = max(r["server_rss_loaded_kib"] for r in results)
+        page = os.sysconf("SC_PAGE_SIZE")
+        return {
+            "conns": conns, "answered": answered,
+            "rss_before_kib": before, "rss_loaded_kib": loaded,
+            "user_kib_per_conn": (loaded - before) / conns if conns else None,
+            "sockets_before": inuse_before, "sockets_peak": inuse_peak,
+            "kernel_pages_before": mem_before, "kernel_pages_peak": mem_peak,
+            "kernel_bytes_per_conn": (mem_peak - mem_before) * page / conns if conns else None,
+            "errors": sum(r["errors"] + r["connect_failures"] for r in results),
+        }
+    finally:
+        for server in servers:
+            server.stop()
+
+
+
 
 
 def syscalls_per_message(name, port, anchors, args, duration):
@@ -182,14 +279,31 @@ def main():
                         help="also count user-space instructions per message (valgrind)")
     parser.add_argument("--anchors", default=os.path.join(os.path.dirname(ROOT), "shared", "bench", "anchors"))
     parser.add_argument("--json", help="also write every raw result to this file")
+    parser.add_argument("--sweep", action="store_true",
+                        help="64 B ping-pong at each of --sweep-points connections; SVG charts")
+    parser.add_argument("--sweep-points", type=int, nargs="+", default=SWEEP_POINTS)
     opts = parser.parse_args()
+    if opts.sweep:
+        if opts.servers == DEFAULT_SERVERS:
+            opts.servers = SWEEP_SERVERS
+        if not opts.no_build:
+            build(opts.anchors, opts.servers)
+        return sweep(opts)
 
     if not opts.no_build:
-        build(opts.anchors)
+        build(opts.anchors, opts.servers)
     port = 21000  # below the ephemeral range (32768+), which TIME_WAIT client ports fill
     results = {}  # (scenario, server) -> list of loadgen results (+ peak_rss_kib)
+    idle2x = []
     for scenario in opts.scenarios:
         args, _ = SCENARIOS[scenario]
+        if scenario == "idle2x":
+            for round_number in range(1, opts.rounds + 1):
+                port += 1
+                result = idle_two_processes(port, max(opts.duration, 6))
+                idle2x.append(result)
+                log(f"idle2x  round {round_number} {result}")
+            continue
         for round_number in range(1, opts.rounds + 1):
             for name in opts.servers:
                 port += 1
@@ -201,8 +315,9 @@ def main():
                 finally:
                     server.stop()
                 results.setdefault((scenario, name), []).append(result)
+                cost, rate, unit = figures(scenario)
                 log(f"{scenario:7} round {round_number} {name:9} "
-                    f"{result['msgs_per_s']:>10.0f} msgs/s  cpu {result['server_cpu_us_per_msg']} µs/msg  "
+                    f"{result[rate]:>10.0f} {unit}  cpu {result[cost]} µs  "
                     f"p99 {result['p99_us']:.0f} µs  errors {result['errors']}  answered {result['answered']}")
     syscalls = {}
     if not opts.no_strace and "100x64" in opts.scenarios:
@@ -226,6 +341,26 @@ def main():
         with open(opts.json, "w") as raw:
             json.dump({f"{s}/{n}": r for (s, n), r in results.items()}, raw, indent=1)
     print_table(opts, results, syscalls, instructions)
+    if idle2x:
+        print_idle2x(idle2x)
+
+
+def figures(scenario):
+    return PER_CONNECTION if scenario == "churn" else PER_MESSAGE
+
+
+def print_idle2x(runs):
+    print("\nTwo echod processes sharing one port (--reuse-port), idle connections held by two "
+          "load generators (127.0.0.2 and 127.0.0.3), then pinged once each:\n")
+    print("| round | connections | answered | errors | user RSS KiB/conn | kernel sockets | "
+          "kernel TCP mem pages (before → peak) | kernel bytes/conn |")
+    print("|---|---|---|---|---|---|---|---|")
+    for i, r in enumerate(runs, 1):
+        user = "–" if r["user_kib_per_conn"] is None else f"{r['user_kib_per_conn']:.3f}"
+        kernel = "–" if r["kernel_bytes_per_conn"] is None else f"{r['kernel_bytes_per_conn']:.1f}"
+        print(f"| {i} | {r['conns']:,} | {r['answered']:,} | {r['errors']} | {user} "
+              f"| {r['sockets_before']:,} → {r['sockets_peak']:,} "
+              f"| {r['kernel_pages_before']} → {r['kernel_pages_peak']} | {kernel} |")
 
 
 def median(values):
@@ -247,22 +382,26 @@ def round_ratios(results, scenario, name, reference, key):
 def print_table(opts, results, syscalls, instructions):
     print(f"Medians of {opts.rounds} rounds, {opts.duration:g} s measured each; server on core 0, "
           f"load generator on core 1.\n")
+    print("(churn: conns/s and server µs per connection instead of per message)\n")
     print("| scenario | server | msgs/s | server µs/msg | syscalls/msg | user instr/msg "
           "| p50 µs | p99 µs | peak RSS MiB | RSS/conn KiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda v, spec: "–" if v is None else format(v, spec)
     for scenario in opts.scenarios:
         idle = scenario == "idle"
+        if scenario == "idle2x":
+            continue
         for name in opts.servers:
             runs = results.get((scenario, name), [])
             pick = lambda key: None if idle else median([r[key] for r in runs])
+            cost, rate, _ = figures(scenario)
             first = scenario == "100x64"
             answered = median([r["answered"] for r in runs]) if idle else None
             label = SCENARIOS[scenario][1] + (f" ({fmt(answered, '.0f')} answered)" if idle else "")
             peak = median([r["peak_rss_kib"] / 1024 for r in runs if r["peak_rss_kib"]])
             per_conn = median([r["server_rss_per_conn_kib"] for r in runs]) if idle else None
-            print(f"| {label} | {name} | {fmt(pick('msgs_per_s'), ',.0f')} "
-                  f"| {fmt(pick('server_cpu_us_per_msg'), '.2f')} "
+            print(f"| {label} | {name} | {fmt(pick(rate), ',.0f')} "
+                  f"| {fmt(pick(cost), '.2f')} "
                   f"| {fmt(syscalls.get(name) if first else None, '.2f')} "
                   f"| {fmt(instructions.get(name) if first else None, ',.0f')} "
                   f"| {fmt(pick('p50_us'), '.0f')} | {fmt(pick('p99_us'), '.0f')} "
@@ -276,15 +415,165 @@ def print_table(opts, results, syscalls, instructions):
           + " | " + " | ".join(f"p99 ÷ {r}" for r in references) + " |")
     print("|---|" + "---|" * (2 * len(references)))
     for scenario in opts.scenarios:
-        if scenario == "idle":
+        if scenario in ("idle", "idle2x"):
             continue
         cells = []
-        for key in ("server_cpu_us_per_msg", "p99_us"):
+        for key in (figures(scenario)[0], "p99_us"):
             for reference in references:
                 ratios = round_ratios(results, scenario, "echod", reference, key)
                 cells.append(f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]"
                              if ratios else "–")
         print(f"| {SCENARIOS[scenario][1]} | " + " | ".join(cells) + " |")
+
+
+def sweep(opts):
+    """Cost and latency against connection count: the C10K problem, measured."""
+    port = 21000
+    results = {}  # (points, server) -> list of loadgen results, in round order
+    for conns in opts.sweep_points:
+        args = ["--conns", str(conns), "--size", "64"]
+        for round_number in range(1, opts.rounds + 1):
+            for name in opts.servers:
+                port += 1
+                server = Server(name, port, opts.anchors)
+                try:
+                    result = loadgen(port, server.pid, args, opts.duration, opts.warmup)
+                finally:
+                    server.stop()
+                results.setdefault((conns, name), []).append(result)
+                log(f"sweep {conns:>6} round {round_number} {name:10} "
+                    f"cpu {result['server_cpu_us_per_msg']} µs/msg  p99 {result['p99_us']:.0f} µs  "
+                    f"errors {result['errors'] + result['connect_failures']}")
+    raw = {f"{conns}/{name}": runs for (conns, name), runs in results.items()}
+    os.makedirs(DOCS, exist_ok=True)
+    with open(opts.json or os.path.join(DOCS, "sweep.json"), "w") as out:
+        json.dump({"machine": machine(), "command": command_line(), "rounds": opts.rounds,
+                   "duration": opts.duration, "results": raw}, out, indent=1)
+    print_sweep(opts, results)
+    plot_sweep(opts, results)
+
+
+def machine():
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} × {model}, Linux {os.uname().release}"
+
+
+def command_line():
+    return "python3 examples/bench.py " + " ".join(sys.argv[1:])
+
+
+def sweep_ratio(results, reference, name, key, points):
+    """Per round: name's figure ÷ reference's figure, at each of `points`."""
+    ours = results.get((points, name), [])
+    theirs = results.get((points, reference), [])
+    return [a[key] / b[key] for a, b in zip(ours, theirs) if a[key] and b[key]]
+
+
+def growth(results, name, low, high, key="server_cpu_us_per_msg"):
+    """Per round: the figure at `high` connections ÷ the figure at `low`."""
+    lows, highs = results.get((low, name), []), results.get((high, name), [])
+    return [h[key] / l[key] for l, h in zip(lows, highs) if l[key] and h[key]]
+
+
+def summary(values, spec=".2f"):
+    if not values:
+        return "–"
+    return f"{format(statistics.median(values), spec)} [{format(min(values), spec)}–{format(max(values), spec)}]"
+
+
+def print_sweep(opts, results):
+    points = opts.sweep_points
+    print(f"Connection sweep, 64 B ping-pong, closed loop; medians of {opts.rounds} rounds, "
+          f"{opts.duration:g} s measured each; server on core 0, load generator on core 1.\n")
+    print("Server CPU µs per message:\n")
+    print("| server | " + " | ".join(f"{p:,} conns" for p in points) + " |")
+    print("|---|" + "---|" * len(points))
+    for name in opts.servers:
+        cells = [median([r["server_cpu_us_per_msg"] for r in results.get((p, name), [])]) for p in points]
+        print(f"| {name} | " + " | ".join("–" if c is None else f"{c:.2f}" for c in cells) + " |")
+    print("\np99 latency, ms:\n")
+    print("| server | " + " | ".join(f"{p:,} conns" for p in points) + " |")
+    print("|---|" + "---|" * len(points))
+    for name in opts.servers:
+        cells = [median([r["p99_us"] / 1000 for r in results.get((p, name), [])]) for p in points]
+        print(f"| {name} | " + " | ".join("–" if c is None else f"{c:.1f}" for c in cells) + " |")
+    low, high = points[0], points[-1]
+    print(f"\nGrowth of CPU per message from {low:,} to {high:,} connections, per round, "
+          "median [lowest–highest]:\n")
+    print("| server | growth | growth ÷ c-epoll's |")
+    print("|---|---|---|")
+    reference = growth(results, "c-epoll", low, high)
+    for name in opts.servers:
+        own = growth(results, name, low, high)
+        relative = [a / b for a, b in zip(own, reference)]
+        print(f"| {name} | ×{summary(own)} | {summary(relative)} |")
+    if "echod" in opts.servers and "c-epoll" in opts.servers:
+        print(f"\nechod ÷ c-epoll at {high:,} connections, per round: CPU/msg "
+              f"{summary(sweep_ratio(results, 'c-epoll', 'echod', 'server_cpu_us_per_msg', high))}, "
+              f"p99 {summary(sweep_ratio(results, 'c-epoll', 'echod', 'p99_us', high))}")
+    if "echod-poll" in opts.servers and 10000 in points:
+        print(f"echod-poll's CPU per message at 10,000 connections ÷ its own at {low:,}: "
+              f"×{summary(growth(results, 'echod-poll', low, 10000))}")
+
+
+def plot_sweep(opts, results):
+    try:
+        import matplotlib
+    except ImportError:
+        log("install: matplotlib (pip)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=True)
+        import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    matplotlib.rcParams["svg.hashsalt"] = "echod"  # stable ids: a re-run diffs only in data
+
+    caption = f"{machine()}; {opts.rounds} rounds × {opts.duration:g} s; {command_line()}"
+    charts = [
+        ("server_cpu_us_per_msg", 1, "server CPU per echoed message (µs)", "sweep-cpu.svg",
+         "Server CPU per message as connections grow (64 B ping-pong, closed loop)", "linear"),
+        ("p99_us", 1000, "p99 round-trip latency (ms, log scale)", "sweep-p99.svg",
+         "p99 latency as connections grow (64 B ping-pong, closed loop)", "log"),
+    ]
+    styles = {"echod": ("tab:blue", "o"), "c-epoll": ("tab:green", "s"), "libuv": ("tab:orange", "^"),
+              "tokio-ct": ("tab:purple", "D"), "echod-poll": ("tab:red", "v")}
+    for key, scale, ylabel, filename, title, yscale in charts:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for name in opts.servers:
+            xs, ys, lo, hi = [], [], [], []
+            for p in opts.sweep_points:
+                values = [r[key] / scale for r in results.get((p, name), []) if r[key]]
+                if values:
+                    xs.append(p)
+                    mid = statistics.median(values)
+                    ys.append(mid)
+                    lo.append(mid - min(values))
+                    hi.append(max(values) - mid)
+            if xs:
+                color, marker = styles.get(name, (None, "o"))
+                ax.errorbar(xs, ys, yerr=[lo, hi], label=name, color=color, marker=marker,
+                            capsize=3, linewidth=1.5)
+        ax.set_xscale("log")
+        ax.set_yscale(yscale)
+        ax.set_xticks(opts.sweep_points, [f"{p:,}" for p in opts.sweep_points])
+        ax.minorticks_off()
+        if yscale == "linear":
+            ax.set_ylim(bottom=0)  # proportions read true from a zero baseline
+        ax.set_xlabel("concurrent connections (log scale)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=11)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(title="server (median, bars: min–max)", fontsize=9)
+        fig.text(0.01, 0.01, caption, fontsize=6.5, color="dimgray", wrap=True)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        path = os.path.join(DOCS, filename)
+        fig.savefig(path, format="svg", metadata={"Date": None})
+        plt.close(fig)
+        log(f"chart: {path}")
 
 
 if __name__ == "__main__":

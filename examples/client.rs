@@ -17,13 +17,14 @@
 //! printf 'a\nb\n' | cargo run --example client -- --interactive   # a message per line
 //! cargo run --example client -- --hex "$(printf '\x01\x02')"      # replies as hex
 //! cargo run --example client -- --host unix:/tmp/echod.sock       # a Unix socket
+//! cargo run --example client -- --udp                              # datagrams (echod --listen udp:…)
 //! ```
 //!
 //! Exit status: 0 when every echo matched; 1 when one differed, the connection closed
 //! early, a wait timed out, or no address would connect; 2 for bad flags.
 
 use std::io::{self, BufRead, IsTerminal, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -57,9 +58,19 @@ struct Args {
     #[arg(long)]
     hex: bool,
 
-    /// Give up on connecting, sending or receiving after this many seconds.
+    /// Give up on connecting, sending or receiving after this many seconds (with --udp:
+    /// on one datagram's echo, before sending it again).
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     timeout: f64,
+
+    /// UDP: each message is one datagram, sent again (up to --retries times) if its echo
+    /// does not come back within --timeout. A message must fit one datagram.
+    #[arg(long)]
+    udp: bool,
+
+    /// With --udp: how many times a datagram is sent again before giving up.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
 
     /// Messages to send, one after another. Default: "Hello, world" and "汉语/漢語 Hànyǔ".
     messages: Vec<String>,
@@ -84,6 +95,9 @@ fn run(args: &Args) -> Result<(), String> {
         ));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
+    if args.udp {
+        return run_udp(args, timeout);
+    }
     let mut stream: Box<dyn Duplex> = match args.host.strip_prefix("unix:") {
         Some(path) => Box::new(connect_unix(path, timeout)?),
         None => Box::new(connect(&args.host, args.port, timeout)?),
@@ -104,6 +118,73 @@ fn run(args: &Args) -> Result<(), String> {
         println!("Received: {}", show(&reply, args.hex));
     }
     Ok(())
+}
+
+/// `--udp`: each message a datagram to the first address the host resolves to; an echo
+/// must come back whole, from the server, within the timeout (a few tries: UDP loses).
+fn run_udp(args: &Args, timeout: Duration) -> Result<(), String> {
+    let host = args.host.strip_prefix("udp:").unwrap_or(&args.host);
+    let server = (host, args.port)
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {host}: {err}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolved to no address"))?;
+    let local: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket =
+        UdpSocket::bind(local).map_err(|err| format!("cannot open a UDP socket: {err}"))?;
+    // Connected: the kernel then delivers only the server's datagrams, and reports its
+    // ICMP "port unreachable" as ECONNREFUSED.
+    socket
+        .connect(server)
+        .and_then(|()| socket.set_read_timeout(Some(timeout)))
+        .map_err(|err| format!("cannot reach {server}: {err}"))?;
+    let messages: Vec<&str> = if args.messages.is_empty() {
+        DEFAULT_MESSAGES.to_vec()
+    } else {
+        args.messages.iter().map(String::as_str).collect()
+    };
+    for message in messages {
+        let reply = udp_echo(&socket, message.as_bytes(), args.retries)?;
+        println!("Received: {}", show(&reply, args.hex));
+    }
+    Ok(())
+}
+
+/// One datagram out, its echo back (sent again on a timeout, up to `retries` times).
+fn udp_echo(socket: &UdpSocket, message: &[u8], retries: u32) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0; 65_536];
+    for _ in 0..=retries {
+        socket
+            .send(message)
+            .map_err(|err| format!("send failed: {err}"))?;
+        match socket.recv(&mut buf) {
+            Ok(n) if buf[..n] == *message => return Ok(buf[..n].to_vec()),
+            Ok(n) => {
+                return Err(format!(
+                    "the echo differs: sent {:?}, received {:?}",
+                    String::from_utf8_lossy(message),
+                    String::from_utf8_lossy(&buf[..n])
+                ));
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                return Err("nobody answers there (ICMP port unreachable)".to_string());
+            }
+            Err(err) => return Err(format!("receive failed: {err}")),
+        }
+    }
+    Err(format!(
+        "no echo after {} tries (each waited --timeout)",
+        retries + 1
+    ))
 }
 
 /// A connected socket of either kind: the conversation is the same bytes both ways.

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::config::{Config, DEFAULT_BACKLOG, DEFAULT_MAX_PENDING, Mode};
+use crate::config::{
+    Config, DEFAULT_BACKLOG, DEFAULT_MAX_PENDING, DEFAULT_UDP_MAX_DATAGRAM,
+    DEFAULT_UDP_RATE_PER_IP, Mode,
+};
 
 /// A single-threaded, readiness-based echo server (RFC 862) for TCP and Unix sockets, on a
 /// mio Poll loop.
@@ -15,7 +18,7 @@ pub struct Args {
     /// Address to listen on; repeatable. HOST:PORT (TCP): a host name is resolved and every
     /// address it yields is bound ("localhost" means 127.0.0.1 and ::1; `[::]:PORT` is
     /// every interface, IPv4 and IPv6 alike). unix:PATH: a Unix socket file.
-    /// unix:@NAME: a Linux abstract Unix socket.
+    /// unix:@NAME: a Linux abstract Unix socket. udp:HOST:PORT: UDP, resolved as for TCP.
     /// [default: localhost:50007, unless systemd passed sockets]
     #[arg(long = "listen", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Vec<String>,
@@ -33,6 +36,21 @@ pub struct Args {
     /// file appears at PATH.
     #[arg(long, value_name = "MODE", default_value = "0660", value_parser = parse_mode)]
     pub unix_mode: u32,
+
+    /// UDP datagrams larger than this are dropped whole, never cut (1 to 65527).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_UDP_MAX_DATAGRAM,
+          value_parser = parse_datagram_size)]
+    pub udp_max_datagram: usize,
+
+    /// Answer UDP datagrams from source ports below 1024 (by default they get no reply:
+    /// a reply to another service's port can start an endless loop). For a lab.
+    #[arg(long)]
+    pub udp_allow_low_ports: bool,
+
+    /// Datagrams per second answered per non-loopback source address (0: no limit);
+    /// loopback is never limited.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_UDP_RATE_PER_IP)]
+    pub udp_rate_per_ip: u32,
 
     /// Length of the kernel's queue of connections waiting for accept.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG,
@@ -137,6 +155,9 @@ impl Args {
             ipv6_only: self.ipv6_only,
             reuse_port: self.reuse_port,
             unix_mode: self.unix_mode,
+            udp_max_datagram: self.udp_max_datagram,
+            udp_allow_low_ports: self.udp_allow_low_ports,
+            udp_rate_per_ip: (self.udp_rate_per_ip > 0).then_some(self.udp_rate_per_ip),
             backlog: self.backlog,
             max_pending: self.max_pending,
             max_pending_total: self.max_pending_total,
@@ -162,6 +183,16 @@ impl Args {
 /// A `--listen` value that names something: checked here so a typo exits 2.
 fn parse_listen(text: &str) -> Result<String, String> {
     crate::listen::ListenSpec::parse(text).map(|_| text.to_string())
+}
+
+/// A UDP payload size: 1 to the protocol's largest, 65,527 bytes.
+fn parse_datagram_size(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=DEFAULT_UDP_MAX_DATAGRAM).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a datagram size (1 to {DEFAULT_UDP_MAX_DATAGRAM})"
+        )),
+    }
 }
 
 /// Octal permission bits, `0660` or `660`; nothing beyond `0777`.

@@ -8,6 +8,11 @@ use std::time::Duration;
 /// Where echod listens when no `--listen` is given and systemd passed no sockets:
 /// loopback only, never exposed.
 pub const DEFAULT_LISTEN: &str = "localhost:50007";
+/// The largest UDP datagram echoed by default: the protocol's largest (over IPv6).
+pub const DEFAULT_UDP_MAX_DATAGRAM: usize = 65_527;
+/// Datagrams per second one non-loopback source may have answered by default: plenty
+/// for any real client, and a ceiling on what a forged source can reflect at a victim.
+pub const DEFAULT_UDP_RATE_PER_IP: u32 = 1000;
 /// Permission bits of a `unix:PATH` socket file: owner and group may connect.
 pub const DEFAULT_UNIX_MODE: u32 = 0o660;
 /// Connections the kernel may queue before `accept` (mio's own default is only 128).
@@ -57,6 +62,15 @@ pub struct Config {
     pub reuse_port: bool,
     /// Permission bits of the socket files created for `unix:PATH`.
     pub unix_mode: u32,
+    /// UDP datagrams larger than this are dropped whole (at most 65,527).
+    pub udp_max_datagram: usize,
+    /// Answer UDP sources on ports below 1024 (off: the inetd guard against echo loops).
+    pub udp_allow_low_ports: bool,
+    /// Datagrams per second per non-loopback source (`None`: no limit).
+    pub udp_rate_per_ip: Option<u32>,
+    /// Loopback sources are not rate limited (so local benchmarks run free). Tests, whose
+    /// every source is loopback, turn this off to exercise the limiter for real.
+    pub udp_rate_exempts_loopback: bool,
     /// `listen(2)` backlog.
     pub backlog: u32,
     /// Cap on one connection's unsent output, in bytes (at least 1).
@@ -99,6 +113,10 @@ impl Default for Config {
             ipv6_only: false,
             reuse_port: false,
             unix_mode: DEFAULT_UNIX_MODE,
+            udp_max_datagram: DEFAULT_UDP_MAX_DATAGRAM,
+            udp_allow_low_ports: false,
+            udp_rate_per_ip: Some(DEFAULT_UDP_RATE_PER_IP),
+            udp_rate_exempts_loopback: true,
             backlog: DEFAULT_BACKLOG,
             max_pending: DEFAULT_MAX_PENDING,
             max_pending_total: None,

@@ -83,7 +83,7 @@ const OVER_CAP_READ: usize = 4096;
 /// on it returns `WouldBlock`. There a short read must be followed by one more read, or the
 /// connection never hears from its client again. Decided at compile time from the same
 /// conditions mio uses to pick its selector.
-const SHORT_READ_MEANS_DRAINED: bool = cfg!(all(
+pub(crate) const SHORT_READ_MEANS_DRAINED: bool = cfg!(all(
     not(mio_unsupported_force_poll_poll),
     any(
         target_os = "android",

@@ -37,6 +37,7 @@ pub mod server;
 pub mod stats;
 pub mod stream;
 mod timers;
+mod udp;
 
 pub use config::{Config, Mode};
 pub use handle::ServerHandle;

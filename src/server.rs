@@ -31,11 +31,12 @@ use slab::Slab;
 use crate::config::{Config, DEFAULT_LISTEN, READ_BUFFER_SIZE};
 use crate::connection::{Connection, Limits, Outcome, Ready, interrupted, would_block};
 use crate::handle::{Request, ServerHandle};
-use crate::listen::{Endpoint, Listener, bind_all, inherited};
+use crate::listen::{Datagram, Endpoint, Listener, bind_all, inherited};
 use crate::notify::Notifier;
 use crate::stats::{CloseReason, RejectReason, Stats};
 use crate::stream::{Peer, Stream};
 use crate::timers::{DeadlineList, Which};
+use crate::udp::{Datagrams, Served, UdpEndpoint, UdpSettings};
 
 /// The waker's token: the top of the token space, far above any slab key.
 const WAKER: Token = Token(usize::MAX);
@@ -43,14 +44,18 @@ const WAKER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
 /// Listener `i` has token `FIRST_LISTENER - i`; slab keys (connections) stay below.
 const FIRST_LISTENER: usize = usize::MAX - 2;
-/// Slab keys must stay below this so they never collide with the named tokens.
+/// Stream listeners at most (their tokens are a range of their own).
 const MAX_LISTENERS: usize = 1024;
+/// UDP socket `i` has token `FIRST_UDP - i`, below the listeners' range.
+const FIRST_UDP: usize = FIRST_LISTENER - MAX_LISTENERS;
+/// UDP sockets at most; slab keys stay below all these named tokens.
+const MAX_UDP: usize = 1024;
 /// Readiness events taken from the kernel per `poll`.
 const EVENTS_PER_POLL: usize = 1024;
 /// How soon to try `accept` again after it failed for want of descriptors or memory.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Repeated warnings (rejections, accept errors) are logged at most this often.
-const WARN_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A bound echo server, ready to [`run`](Server::run).
 ///
@@ -67,6 +72,8 @@ pub struct Server {
     poll: Poll,
     /// Bound, registered listening sockets: inherited first, then in `--listen` order.
     listeners: Vec<Listener>,
+    /// Bound, registered UDP sockets, in the same order.
+    datagrams: Vec<Datagram>,
     config: Config,
     /// Cloned out to callers by [`Server::handle`].
     handle: ServerHandle,
@@ -89,24 +96,25 @@ impl Server {
         } else {
             inherited::Inherited::default()
         };
-        let mut listeners = inherited.listeners;
+        let (mut listeners, mut datagrams) = (inherited.listeners, inherited.datagrams);
         let default = [DEFAULT_LISTEN.to_string()];
         let specs = if config.listen.is_empty() && inherited.offered == 0 {
             &default[..]
         } else {
             &config.listen[..]
         };
-        listeners.extend(bind_all(specs, &config.bind_options()).map_err(as_io)?);
-        if listeners.is_empty() {
+        let bound = bind_all(specs, &config.bind_options()).map_err(as_io)?;
+        listeners.extend(bound.listeners);
+        datagrams.extend(bound.datagrams);
+        if listeners.is_empty() && datagrams.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "nothing to listen on: every inherited socket was skipped and no --listen given",
             ));
         }
-        if listeners.len() > MAX_LISTENERS {
+        if listeners.len() > MAX_LISTENERS || datagrams.len() > MAX_UDP {
             return Err(io::Error::other(format!(
-                "too many listening addresses ({}, at most {MAX_LISTENERS})",
-                listeners.len()
+                "too many listening addresses (at most {MAX_LISTENERS} stream and {MAX_UDP} UDP)"
             )));
         }
         for (index, listener) in listeners.iter_mut().enumerate() {
@@ -114,11 +122,20 @@ impl Server {
                 .register(listener, listener_token(index), Interest::READABLE)?;
             info!("listening on {listener}");
         }
+        for (index, datagram) in datagrams.iter_mut().enumerate() {
+            poll.registry()
+                .register(&mut datagram.socket, udp_token(index), Interest::READABLE)?;
+            match &datagram.name {
+                Some(name) => info!("listening on udp:{} (\"{name}\")", datagram.addr),
+                None => info!("listening on udp:{}", datagram.addr),
+            }
+        }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (handle, inbox) = ServerHandle::new(Arc::clone(&waker));
         Ok(Server {
             poll,
             listeners,
+            datagrams,
             config,
             handle,
             inbox,
@@ -137,9 +154,18 @@ impl Server {
             .collect()
     }
 
-    /// Everything listened on, TCP and Unix, inherited first, then in `--listen` order.
+    /// Everything listened on, TCP and Unix, inherited first, then in `--listen` order;
+    /// then the UDP sockets.
     pub fn endpoints(&self) -> Vec<Endpoint> {
-        self.listeners.iter().map(|l| l.endpoint.clone()).collect()
+        let streams = self.listeners.iter().map(|l| l.endpoint.clone());
+        streams
+            .chain(self.datagrams.iter().map(|d| Endpoint::Udp(d.addr)))
+            .collect()
+    }
+
+    /// The UDP addresses actually bound (real ports for port 0).
+    pub fn local_udp_addrs(&self) -> Vec<SocketAddr> {
+        self.datagrams.iter().map(|d| d.addr).collect()
     }
 
     /// A handle to stop the loop, or read its counters, from another thread.
@@ -169,6 +195,15 @@ fn listener_index(token: Token) -> Option<usize> {
         .then(|| FIRST_LISTENER - token.0)
 }
 
+fn udp_token(index: usize) -> Token {
+    Token(FIRST_UDP - index)
+}
+
+/// Which UDP socket a token names, if it names one.
+fn udp_index(token: Token) -> Option<usize> {
+    (token.0 <= FIRST_UDP && token.0 > FIRST_UDP - MAX_UDP).then(|| FIRST_UDP - token.0)
+}
+
 /// Whether the loop is serving or on its way out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -185,6 +220,8 @@ struct EventLoop {
     poll: Poll,
     /// Listening sockets; emptied (closed) when shutdown begins.
     listeners: Vec<Listener>,
+    /// The UDP sockets and what they share; emptied (closed) when shutdown begins.
+    udp: Datagrams,
     /// The settings, as validated by the caller.
     config: Config,
     /// Every open connection; the slab key is the connection's `Token`.
@@ -238,6 +275,7 @@ impl EventLoop {
         let Server {
             poll,
             listeners,
+            datagrams,
             config,
             handle: _,
             inbox,
@@ -257,9 +295,24 @@ impl EventLoop {
         } else {
             None
         };
+        let udp = Datagrams::new(
+            datagrams
+                .into_iter()
+                .map(|d| UdpEndpoint::new(d.socket, d.addr))
+                .collect(),
+            UdpSettings {
+                mode: config.mode,
+                print: config.print,
+                max_datagram: config.udp_max_datagram,
+                allow_low_ports: config.udp_allow_low_ports,
+                rate_per_ip: config.udp_rate_per_ip,
+                rate_exempts_loopback: config.udp_rate_exempts_loopback,
+            },
+        );
         Ok(EventLoop {
             poll,
             listeners,
+            udp,
             next_stats_at: config.stats_interval.map(|every| now + every),
             config,
             connections: Slab::new(),
@@ -289,7 +342,8 @@ impl EventLoop {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         // Every socket is bound and listening (clients are already queueing): say so.
         if let Some(notifier) = self.notifier.as_mut() {
-            let status = format!("serving on {} sockets", self.listeners.len());
+            let sockets = self.listeners.len() + self.udp.sockets.len();
+            let status = format!("serving on {sockets} sockets");
             notifier.ready(&status);
         }
         loop {
@@ -372,9 +426,12 @@ impl EventLoop {
                 WAKER => self.on_requests(),
                 SIGNALS => self.on_signals(),
                 token => {
-                    match listener_index(token) {
-                        Some(index) => self.accept_from(index),
-                        None => self.serve_connection(token.0, ready),
+                    if let Some(index) = listener_index(token) {
+                        self.accept_from(index);
+                    } else if let Some(index) = udp_index(token) {
+                        self.serve_udp(index, ready.writable);
+                    } else {
+                        self.serve_connection(token.0, ready);
                     }
                     Flow::Continue
                 }
@@ -393,6 +450,10 @@ impl EventLoop {
         std::mem::swap(&mut self.revisit, &mut self.revisiting);
         for i in 0..self.revisiting.len() {
             let token = self.revisiting[i];
+            if let Some(index) = udp_index(token) {
+                self.serve_udp(index, false);
+                continue;
+            }
             match listener_index(token) {
                 Some(index) => self.accept_from(index),
                 None => {
@@ -407,6 +468,22 @@ impl EventLoop {
             }
         }
         self.revisiting.clear();
+    }
+
+    /// A UDP socket's readiness: answer what it holds, within the per-turn budget.
+    fn serve_udp(&mut self, index: usize, writable: bool) {
+        let registry = self.poll.registry();
+        let served = self.udp.serve(
+            index,
+            udp_token(index),
+            writable,
+            registry,
+            &mut self.stats,
+            self.now,
+        );
+        if served == Served::ComeBack {
+            self.revisit.push(udp_token(index));
+        }
     }
 
     /// The limits a connection is served under right now.
@@ -843,6 +920,8 @@ impl EventLoop {
         let deadline = self.now + self.config.shutdown_timeout;
         self.phase = Phase::Draining { deadline };
         self.listeners.clear();
+        // UDP has nothing to drain: its sockets simply close.
+        self.udp.sockets.clear();
         self.accept_retry_at = None;
         let stopping = format!(
             "{source}: stopping; flushing {} bytes owed to {} connections (up to {:?})",
@@ -874,10 +953,19 @@ impl EventLoop {
 
 /// The short line systemd shows as the service's status.
 fn status_line(stats: &Stats, open: usize) -> String {
-    format!(
+    let mut line = format!(
         "{open} connections open, {} accepted, {} bytes in, {} bytes out",
         stats.accepted, stats.bytes_in, stats.bytes_out
-    )
+    );
+    if stats.udp_datagrams_in > 0 {
+        line += &format!(
+            "; {} datagrams in, {} out, {} dropped",
+            stats.udp_datagrams_in,
+            stats.udp_datagrams_out,
+            stats.udp_dropped_total()
+        );
+    }
+    line
 }
 
 /// How a token reads in the trace narration: `listener 0`, `waker`, `token 17`.
@@ -888,9 +976,10 @@ impl std::fmt::Display for TokenName {
         match self.0 {
             WAKER => write!(f, "waker"),
             SIGNALS => write!(f, "signals"),
-            token => match listener_index(token) {
-                Some(index) => write!(f, "listener {index}"),
-                None => write!(f, "token {}", token.0),
+            token => match (listener_index(token), udp_index(token)) {
+                (Some(index), _) => write!(f, "listener {index}"),
+                (_, Some(index)) => write!(f, "udp {index}"),
+                _ => write!(f, "token {}", token.0),
             },
         }
     }

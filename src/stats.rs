@@ -1,8 +1,10 @@
 //! The server's counters: plain named numbers, each with its unit, updated by the loop
 //! and handed back by [`Server::run`](crate::Server::run).
 //!
-//! The invariant tests lean on: `accepted == closed_total() + active`, and for echo
-//! connections that finished cleanly, bytes out equal bytes in.
+//! The invariants tests lean on: `accepted == closed_total() + active`; for echo
+//! connections that finished cleanly, bytes out equal bytes in; and for UDP in echo mode,
+//! `udp_datagrams_in == udp_datagrams_out + udp_refused()` (datagrams the kernel dropped
+//! from a full queue, `udp_dropped_queue_full`, were never read, so never counted in).
 
 use std::fmt::Write as _;
 
@@ -102,6 +104,27 @@ pub struct Stats {
     pub loop_iterations: u64,
     /// Readiness events delivered by `poll`.
     pub events: u64,
+    /// UDP datagrams read (whatever became of them; the kernel's own drops not included).
+    pub udp_datagrams_in: u64,
+    /// Payload bytes of the UDP datagrams received.
+    pub udp_bytes_in: u64,
+    /// UDP replies sent.
+    pub udp_datagrams_out: u64,
+    /// Payload bytes of the UDP replies sent.
+    pub udp_bytes_out: u64,
+    /// Datagrams from a source no reply may go to (low or own port, multicast, …).
+    pub udp_dropped_guard: u64,
+    /// Datagrams over their source's `--udp-rate-per-ip`.
+    pub udp_dropped_rate: u64,
+    /// Datagrams larger than `--udp-max-datagram`: dropped whole, never cut.
+    pub udp_dropped_oversize: u64,
+    /// Datagrams the kernel dropped because the receive queue was full: echod had stopped
+    /// reading while its replies waited for a full send buffer (`SO_RXQ_OVFL`).
+    pub udp_dropped_queue_full: u64,
+    /// Replies the kernel refused with an error (`EMSGSIZE`, `ENOBUFS`, ICMP errors, …).
+    pub udp_dropped_error: u64,
+    /// `--mode ack` datagrams shorter than the reply, left unanswered (no amplification).
+    pub udp_unanswered_short: u64,
 }
 
 impl Stats {
@@ -118,6 +141,20 @@ impl Stats {
     /// Connections turned away, whatever the reason.
     pub fn rejected_total(&self) -> u64 {
         self.rejected_max_connections + self.rejected_per_ip + self.rejected_descriptors
+    }
+
+    /// UDP datagrams dropped, whatever the reason.
+    pub fn udp_dropped_total(&self) -> u64 {
+        self.udp_refused() + self.udp_dropped_queue_full
+    }
+
+    /// UDP datagrams echod read and then dropped: guarded, over the rate, oversize, or
+    /// refused by the kernel on the way out.
+    pub fn udp_refused(&self) -> u64 {
+        self.udp_dropped_guard
+            + self.udp_dropped_rate
+            + self.udp_dropped_oversize
+            + self.udp_dropped_error
     }
 
     pub(crate) fn count_close(&mut self, reason: CloseReason) {
@@ -147,7 +184,7 @@ impl Stats {
     }
 
     /// Every counter by name, in a fixed order: the one list both output formats use.
-    pub fn fields(&self) -> [(&'static str, u64); 22] {
+    pub fn fields(&self) -> [(&'static str, u64); 33] {
         [
             ("accepted", self.accepted),
             ("rejected", self.rejected_total()),
@@ -171,6 +208,17 @@ impl Stats {
             ("accept_errors", self.accept_errors),
             ("loop_iterations", self.loop_iterations),
             ("events", self.events),
+            ("udp_datagrams_in", self.udp_datagrams_in),
+            ("udp_bytes_in", self.udp_bytes_in),
+            ("udp_datagrams_out", self.udp_datagrams_out),
+            ("udp_bytes_out", self.udp_bytes_out),
+            ("udp_dropped", self.udp_dropped_total()),
+            ("udp_dropped_guard", self.udp_dropped_guard),
+            ("udp_dropped_rate", self.udp_dropped_rate),
+            ("udp_dropped_oversize", self.udp_dropped_oversize),
+            ("udp_dropped_queue_full", self.udp_dropped_queue_full),
+            ("udp_dropped_error", self.udp_dropped_error),
+            ("udp_unanswered_short", self.udp_unanswered_short),
         ]
     }
 

@@ -172,38 +172,60 @@ fn socket_activation_serves_the_tcp_and_unix_sockets_systemd_passes() {
 }
 
 #[test]
-fn an_inherited_datagram_socket_is_skipped_with_a_warning() {
+fn an_inherited_udp_socket_is_served() {
     let Some(tool) = systemd_tool("systemd-socket-activate") else {
         return;
     };
-    // With a --listen of its own, echod warns about the UDP socket and serves on.
     let (running, port) = activate(
         &tool,
-        &["--datagram", "--listen=127.0.0.1:PORT"],
-        &["--listen", "127.0.0.1:0"],
-        "Listening on 127.0.0.1:PORT as 3.",
-    );
-    let nudge = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    nudge.send_to(b"wake up", ("127.0.0.1", port)).unwrap();
-    let log = running.log.wait_for("listening on 127.0.0.1:");
-    assert!(
-        log.contains(
-            "inherited socket 0: is a UDP socket, which echod does not serve yet; skipped"
-        ),
-        "{log}"
-    );
-    drop(running);
-
-    // With nothing else to serve, that is one clear line and exit status 1.
-    let (mut running, port) = activate(
-        &tool,
-        &["--datagram", "--listen=127.0.0.1:PORT"],
+        &["--datagram", "--listen=127.0.0.1:PORT", "--fdname=echo-udp"],
         &[],
         "Listening on 127.0.0.1:PORT as 3.",
     );
-    nudge.send_to(b"wake up", ("127.0.0.1", port)).unwrap();
+    // The first datagram makes systemd-socket-activate start echod, and is answered.
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    for message in [&b"wake up"[..], "汉语/漢語 Hànyǔ".as_bytes()] {
+        client.send_to(message, server).unwrap();
+        let mut buf = [0; 64];
+        let (n, from) = client.recv_from(&mut buf).expect("an echo");
+        assert_eq!((&buf[..n], from), (message, server));
+    }
+    let log = running.log.wait_for("listening on udp:");
+    assert!(
+        log.contains(&format!(
+            "adopted inherited socket 0 (\"echo-udp\"): udp:127.0.0.1:{port}"
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_inherited_socket_of_a_kind_not_served_is_skipped_and_alone_is_an_error() {
+    let Some(tool) = systemd_tool("systemd-socket-activate") else {
+        return;
+    };
+    // A Unix datagram socket: a warning, and with nothing else to serve, exit status 1.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dgram.sock");
+    let path_text = path.to_str().unwrap();
+    let (mut running, _) = activate(
+        &tool,
+        &["--datagram", &format!("--listen={path_text}")],
+        &[],
+        &format!("Listening on {path_text} as 3."),
+    );
+    let nudge = UnixDatagram::unbound().unwrap();
+    nudge.send_to(b"wake up", &path).unwrap();
     assert_eq!(running.wait_exit().code(), Some(1));
     let log = running.log.text();
+    assert!(
+        log.contains(
+            "inherited socket 0: is a Unix datagram socket, which echod does not serve; skipped"
+        ),
+        "{log}"
+    );
     assert!(
         log.contains("echod: nothing to listen on: every inherited socket was skipped"),
         "{log}"

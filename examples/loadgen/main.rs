@@ -20,6 +20,7 @@
 
 mod probe;
 mod report;
+mod udp;
 mod wire;
 mod worker;
 
@@ -83,6 +84,17 @@ struct Args {
     #[arg(long, conflicts_with_all = ["rate", "pipeline"])]
     churn: bool,
 
+    /// UDP: each of --conns is a flow (one connected socket, so one source port) keeping
+    /// --pipeline datagrams of --size bytes in flight; every echoed datagram is checked.
+    /// --addr may be HOST:PORT or udp:HOST:PORT.
+    #[arg(long, conflicts_with_all = ["idle", "churn", "rate"])]
+    udp: bool,
+
+    /// With --udp: seconds after which a datagram not echoed counts as lost and its place
+    /// in the pipeline is refilled.
+    #[arg(long, value_name = "SECS", default_value_t = 0.2)]
+    udp_timeout: f64,
+
     /// Local addresses to connect from, used in turn, e.g. 127.0.0.2,127.0.0.3: each gives
     /// about 28,000 more ephemeral ports towards one server address.
     #[arg(long, value_name = "ADDR[,ADDR…]", value_delimiter = ',')]
@@ -139,6 +151,17 @@ fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration, String>
     }
 }
 
+/// `--udp`'s server: `HOST:PORT` or `udp:HOST:PORT`, the first address it resolves to.
+fn udp_target(spec: &str) -> Result<Target, String> {
+    let host_port = spec.strip_prefix("udp:").unwrap_or(spec);
+    host_port
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {spec}: {err}"))?
+        .next()
+        .map(Target::Udp)
+        .ok_or_else(|| format!("{spec} resolved to no address"))
+}
+
 /// `HOST:PORT` (the first address it resolves to), `unix:PATH` or `unix:@NAME`.
 fn target(spec: &str) -> Result<Target, String> {
     use echod::listen::ListenSpec;
@@ -153,6 +176,7 @@ fn target(spec: &str) -> Result<Target, String> {
             .next()
             .map(Target::Tcp)
             .ok_or_else(|| format!("{spec} resolved to no address")),
+        ListenSpec::Udp(_) => Err(format!("{spec} is a UDP address: add --udp")),
         ListenSpec::UnixPath(path) => unix(std::os::unix::net::SocketAddr::from_pathname(path)),
         ListenSpec::UnixAbstract(name) => {
             #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -169,7 +193,11 @@ fn target(spec: &str) -> Result<Target, String> {
 }
 
 fn run(args: &Args) -> Result<Report, String> {
-    let target = target(&args.addr)?;
+    let target = if args.udp {
+        udp_target(&args.addr)?
+    } else {
+        target(&args.addr)?
+    };
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("--rate must be a positive number".into());
     }
@@ -186,6 +214,7 @@ fn run(args: &Args) -> Result<Report, String> {
         duration: seconds("duration", args.duration, false)?,
         idle: args.idle,
         churn: args.churn,
+        udp_timeout: seconds("udp-timeout", args.udp_timeout, false)?,
         bind: args.bind.clone(),
         rate: args.rate.map(|r| r / threads as f64),
         connects_in_flight: (args.connect_burst as usize).div_ceil(threads),
@@ -215,8 +244,9 @@ fn run(args: &Args) -> Result<Report, String> {
         let count = per_thread + usize::from(t < extra);
         let (plan, shared) = (plan.clone(), Arc::clone(&shared));
         let first = first_id;
-        handles.push(std::thread::spawn(move || {
-            worker::run(&plan, &shared, first, count)
+        handles.push(std::thread::spawn(move || match plan.target {
+            Target::Udp(server) => udp::run(&plan, &shared, server, first, count),
+            _ => worker::run(&plan, &shared, first, count),
         }));
         first_id += count as u32;
     }
@@ -261,6 +291,7 @@ fn run(args: &Args) -> Result<Report, String> {
 
     let mut report = Report::new(args.conns as u64, plan.size, plan.duration, plan.idle);
     report.churn = plan.churn;
+    report.udp = args.udp;
     for handle in handles {
         let outcome = handle
             .join()

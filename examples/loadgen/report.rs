@@ -12,6 +12,8 @@ pub struct Report {
     idle: bool,
     /// `--churn`: the figures are per connection, not per message.
     pub churn: bool,
+    /// `--udp`: messages are datagrams, connections are flows, and loss is reported.
+    pub udp: bool,
     /// Every thread's counts, added up.
     totals: Outcome,
     /// Server CPU seconds used during the measured window.
@@ -28,6 +30,7 @@ impl Report {
             duration,
             idle,
             churn: false,
+            udp: false,
             totals: Outcome::new(),
             server_cpu_s: None,
             server_rss_before_kib: None,
@@ -134,6 +137,13 @@ impl Report {
                 self.msgs_per_s() * self.size as f64 / 1e6
             );
         }
+        if self.udp {
+            let _ = writeln!(
+                t,
+                "datagrams     {} lost (not echoed within --udp-timeout)",
+                self.totals.lost
+            );
+        }
         if self.churn {
             let _ = writeln!(
                 t,
@@ -231,6 +241,8 @@ impl Report {
         );
         field("server_rss_per_conn_kib", opt(self.rss_per_conn_kib()));
         field("churn", self.churn.to_string());
+        field("udp", self.udp.to_string());
+        field("lost", self.totals.lost.to_string());
         field("cycles", self.totals.cycles.to_string());
         field("conns_per_s", num(self.conns_per_s()));
         field("connect_p50_us", num(self.connect_micros(0.5)));

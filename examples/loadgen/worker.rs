@@ -39,6 +39,8 @@ pub struct Plan {
     pub idle: bool,
     /// `--churn`: connect, one message, close, again; measures the accept path.
     pub churn: bool,
+    /// `--udp`: how long a datagram may take before it counts as lost.
+    pub udp_timeout: Duration,
     /// Local addresses to connect from, taken in turn (`--bind`); empty: the kernel picks.
     pub bind: Vec<IpAddr>,
     /// Messages per second for this thread (`None`: as fast as echoes return).
@@ -84,6 +86,8 @@ pub struct Outcome {
     pub cycles: u64,
     /// `--churn`: from `connect()` to the event saying it completed, in nanoseconds.
     pub connect_latency: Histogram<u64>,
+    /// `--udp`: datagrams not echoed within `--udp-timeout`.
+    pub lost: u64,
 }
 
 impl Outcome {
@@ -103,6 +107,7 @@ impl Outcome {
             cycles: 0,
             connect_latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
                 .expect("histogram bounds"),
+            lost: 0,
         }
     }
 
@@ -118,6 +123,7 @@ impl Outcome {
         self.answered += other.answered;
         self.behind += other.behind;
         self.cycles += other.cycles;
+        self.lost += other.lost;
         let _ = self.connect_latency.add(&other.connect_latency);
     }
 }
@@ -135,6 +141,8 @@ pub enum Target {
     Tcp(SocketAddr),
     /// A Unix socket path, or (Linux) an abstract name.
     Unix(std::os::unix::net::SocketAddr),
+    /// `--udp`: flows of datagrams (see `udp.rs`).
+    Udp(SocketAddr),
 }
 
 impl Target {
@@ -158,6 +166,7 @@ impl Target {
                 Ok(Socket::Tcp(TcpStream::from_std(socket.into())))
             }
             (Target::Unix(addr), _) => UnixStream::connect_addr(addr).map(Socket::Unix),
+            (Target::Udp(_), _) => Err(io::Error::other("UDP flows are run by udp.rs")),
         }
     }
 }

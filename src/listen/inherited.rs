@@ -14,13 +14,15 @@ use log::{info, warn};
 use mio::net::{TcpListener, UnixListener};
 use socket2::SockRef;
 
-use super::{Endpoint, ListenError, ListenSocket, Listener};
+use super::{Datagram, Endpoint, ListenError, ListenSocket, Listener};
 
 /// What systemd passed in, and what echod took of it.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    /// The sockets echod serves.
+    /// The stream listeners echod serves.
     pub listeners: Vec<Listener>,
+    /// The UDP sockets echod serves.
+    pub datagrams: Vec<Datagram>,
     /// How many descriptors were passed, served or not. Any at all means echod was
     /// started as a service, so it must not fall back to binding its default address.
     pub offered: usize,
@@ -48,6 +50,7 @@ pub fn take_all() -> Result<Inherited, ListenError> {
     // Reads and clears LISTEN_FDS and LISTEN_PID (so no child of ours inherits them).
     let mut passed = ListenFd::from_env();
     let mut listeners = Vec::new();
+    let mut datagrams = Vec::new();
     for index in 0..passed.len() {
         let name = names.get(index).filter(|name| !name.is_empty()).cloned();
         let described = match &name {
@@ -58,6 +61,16 @@ pub fn take_all() -> Result<Inherited, ListenError> {
         let Some(socket) = take_one(&mut passed, index).map_err(error)? else {
             continue;
         };
+        if let Passed::Udp(socket) = socket {
+            match adopt_udp(socket) {
+                Ok((socket, addr)) => {
+                    info!("adopted {described}: udp:{addr}");
+                    datagrams.push(Datagram { socket, addr, name });
+                }
+                Err(why) => warn!("{described}: {why}; skipped"),
+            }
+            continue;
+        }
         match adopt(socket) {
             Ok((socket, endpoint)) => {
                 let listener = Listener::inherited(socket, endpoint, name);
@@ -69,6 +82,7 @@ pub fn take_all() -> Result<Inherited, ListenError> {
     }
     Ok(Inherited {
         listeners,
+        datagrams,
         offered: passed.len(),
     })
 }
@@ -77,7 +91,8 @@ pub fn take_all() -> Result<Inherited, ListenError> {
 enum Passed {
     Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener),
-    /// A socket echod does not serve (yet): described for the warning.
+    Udp(std::net::UdpSocket),
+    /// A socket echod does not serve: described for the warning.
     Other(&'static str),
 }
 
@@ -91,7 +106,7 @@ fn take_one(passed: &mut ListenFd, index: usize) -> io::Result<Option<Passed>> {
         return Ok(taken.map(Passed::Unix));
     }
     if let Ok(taken) = passed.take_udp_socket(index) {
-        return Ok(taken.map(|_| Passed::Other("a UDP socket, which echod does not serve yet")));
+        return Ok(taken.map(Passed::Udp));
     }
     if let Ok(taken) = passed.take_unix_datagram(index) {
         return Ok(
@@ -128,7 +143,19 @@ fn adopt(passed: Passed) -> Result<(ListenSocket, Endpoint), String> {
             ))
         }
         Passed::Other(what) => Err(format!("is {what}")),
+        Passed::Udp(_) => unreachable!("UDP sockets are adopted by adopt_udp"),
     }
+}
+
+/// A passed UDP socket, non-blocking, asking for what the batch receiver reads.
+fn adopt_udp(
+    socket: std::net::UdpSocket,
+) -> Result<(mio::net::UdpSocket, std::net::SocketAddr), String> {
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let socket = mio::net::UdpSocket::from_std(socket);
+    super::udp::adopt(&socket).map_err(|e| e.to_string())?;
+    let addr = socket.local_addr().map_err(|e| e.to_string())?;
+    Ok((socket, addr))
 }
 
 /// A connected socket (a unit with `Accept=yes`) would make `accept` fail forever.

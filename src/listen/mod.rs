@@ -1,13 +1,16 @@
 //! Where listening sockets come from, and the one shape they all end in.
 //!
-//! A socket is bound from a `--listen` spec ([`tcp`] for `HOST:PORT`, [`unix`] for
-//! `unix:PATH` and `unix:@NAME`) or inherited from systemd ([`inherited`]). Either way it
-//! becomes a [`Listener`]: a non-blocking socket, the [`Endpoint`] it serves, and, for a
-//! Unix path echod created, the duty to remove that file again. The loop registers
-//! listeners and accepts from them without ever knowing how they came to be.
+//! A socket is bound from a `--listen` spec (`tcp` for `HOST:PORT`, `unix` for
+//! `unix:PATH` and `unix:@NAME`, `udp` for `udp:HOST:PORT`) or inherited from systemd
+//! ([`inherited`]). Either way a stream socket becomes a [`Listener`]: a non-blocking
+//! socket, the [`Endpoint`] it serves, and, for a Unix path echod created, the duty to
+//! remove that file again; a datagram socket becomes a [`Datagram`]. The loop registers
+//! them and serves them without ever knowing how they came to be.
 
 pub mod inherited;
+mod resolve;
 mod tcp;
+mod udp;
 mod unix;
 
 use std::fmt;
@@ -15,7 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use mio::event::Source;
-use mio::net::{TcpListener, UnixListener};
+use mio::net::{TcpListener, UdpSocket, UnixListener};
 use mio::{Interest, Registry, Token};
 
 use crate::stream::{Peer, Stream};
@@ -76,6 +79,8 @@ pub enum Endpoint {
     UnixAbstract(String),
     /// An inherited Unix socket whose address could not be read back.
     UnixUnnamed,
+    /// A UDP socket, with the real port when 0 was asked for.
+    Udp(SocketAddr),
 }
 
 impl fmt::Display for Endpoint {
@@ -85,6 +90,7 @@ impl fmt::Display for Endpoint {
             Endpoint::UnixPath(path) => write!(f, "unix:{}", path.display()),
             Endpoint::UnixAbstract(name) => write!(f, "unix:@{name}"),
             Endpoint::UnixUnnamed => write!(f, "unix:(unnamed)"),
+            Endpoint::Udp(addr) => write!(f, "udp:{addr}"),
         }
     }
 }
@@ -173,11 +179,31 @@ impl Source for Listener {
     }
 }
 
+/// A bound UDP socket (from `--listen udp:…` or systemd) and its address.
+#[derive(Debug)]
+pub struct Datagram {
+    /// Registered with the loop's `Poll` under its UDP token.
+    pub socket: UdpSocket,
+    /// The address it is bound to (its real port when 0 was asked for).
+    pub addr: SocketAddr,
+    /// `LISTEN_FDNAMES`' name for an inherited socket.
+    pub name: Option<String>,
+}
+
+/// Everything bound: stream listeners and datagram sockets.
+#[derive(Debug, Default)]
+pub struct Bound {
+    pub listeners: Vec<Listener>,
+    pub datagrams: Vec<Datagram>,
+}
+
 /// A `--listen` value, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenSpec {
     /// `HOST:PORT`, resolved with getaddrinfo.
     Tcp(String),
+    /// `udp:HOST:PORT`, resolved the same way.
+    Udp(String),
     /// `unix:PATH`: a socket file.
     UnixPath(std::path::PathBuf),
     /// `unix:@NAME`: Linux's abstract namespace.
@@ -185,8 +211,11 @@ pub enum ListenSpec {
 }
 
 impl ListenSpec {
-    /// `unix:@NAME`, `unix:PATH`, or else `HOST:PORT`.
+    /// `unix:@NAME`, `unix:PATH`, `udp:HOST:PORT`, or else `HOST:PORT`.
     pub fn parse(spec: &str) -> Result<ListenSpec, String> {
+        if let Some(host_port) = spec.strip_prefix("udp:") {
+            return Ok(ListenSpec::Udp(host_port.to_string()));
+        }
         match spec.strip_prefix("unix:") {
             Some("") | Some("@") => Err(format!(
                 "'{spec}' names no socket (unix:PATH or unix:@NAME)"
@@ -200,12 +229,14 @@ impl ListenSpec {
     }
 }
 
-/// Binds every spec, in order; TCP addresses are deduplicated.
+/// Binds every spec, in order; TCP and UDP addresses are each deduplicated.
 ///
 /// On error, whatever was already bound is dropped again (and socket files removed).
-pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Vec<Listener>, ListenError> {
+pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Bound, ListenError> {
     let mut listeners = Vec::new();
+    let mut datagrams = Vec::new();
     let mut seen = Vec::new();
+    let mut seen_udp = Vec::new();
     for spec in specs {
         let parsed = ListenSpec::parse(spec).map_err(|why| {
             ListenError::new(spec, io::Error::new(io::ErrorKind::InvalidInput, why))
@@ -218,6 +249,15 @@ pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Vec<Listener>
                         endpoint: Endpoint::Tcp(addr),
                         name: None,
                         _file: None,
+                    });
+                }
+            }
+            ListenSpec::Udp(spec) => {
+                for (socket, addr) in udp::bind_spec(&spec, options, &mut seen_udp)? {
+                    datagrams.push(Datagram {
+                        socket,
+                        addr,
+                        name: None,
                     });
                 }
             }
@@ -241,7 +281,10 @@ pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Vec<Listener>
             }
         }
     }
-    Ok(listeners)
+    Ok(Bound {
+        listeners,
+        datagrams,
+    })
 }
 
 impl Listener {
@@ -277,6 +320,10 @@ mod tests {
         assert_eq!(
             ListenSpec::parse("unix:@echod"),
             Ok(ListenSpec::UnixAbstract("echod".into()))
+        );
+        assert_eq!(
+            ListenSpec::parse("udp:[::]:7"),
+            Ok(ListenSpec::Udp("[::]:7".into()))
         );
         assert!(ListenSpec::parse("unix:").is_err());
         assert!(ListenSpec::parse("unix:@").is_err());

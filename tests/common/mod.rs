@@ -15,6 +15,8 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// A server running on its own thread.
 pub struct TestServer {
     pub addrs: Vec<SocketAddr>,
+    /// The UDP sockets' addresses, if any were asked for (`udp:HOST:0`).
+    pub udp_addrs: Vec<SocketAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<io::Result<Stats>>>,
 }
@@ -29,10 +31,12 @@ impl TestServer {
     pub fn with(config: Config) -> TestServer {
         let server = Server::bind(config).expect("bind test server");
         let addrs = server.local_addrs();
+        let udp_addrs = server.local_udp_addrs();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
         TestServer {
             addrs,
+            udp_addrs,
             handle,
             thread: Some(thread),
         }

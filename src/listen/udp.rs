@@ -1,0 +1,52 @@
+//! `--listen udp:HOST:PORT`: resolved, bound, non-blocking UDP sockets.
+//!
+//! Resolved exactly like TCP addresses (`udp:localhost:PORT` is 127.0.0.1 and ::1,
+//! `udp:[::]:PORT` is dual-stack unless `--ipv6-only`). A wildcard socket also asks the
+//! kernel for each datagram's local address, so a multi-homed host answers from the
+//! address it was asked at.
+
+use std::io;
+use std::net::SocketAddr;
+
+use mio::net::UdpSocket;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{BindOptions, ListenError, resolve};
+use crate::udp::batch::enable_controls;
+
+/// Resolves one `HOST:PORT` and binds a UDP socket on every address it yields that `seen`
+/// does not hold yet.
+pub(super) fn bind_spec(
+    spec: &str,
+    options: &BindOptions,
+    seen: &mut Vec<SocketAddr>,
+) -> Result<Vec<(UdpSocket, SocketAddr)>, ListenError> {
+    resolve::bind_resolved(spec, options, seen, |addr| {
+        let socket = bind_one(addr, options)?;
+        Ok((socket.local_addr()?, socket))
+    })
+}
+
+/// socket → options → bind, then hand the socket to mio. No SO_REUSEADDR: on UDP it
+/// would let a second process silently share the port.
+fn bind_one(addr: SocketAddr, options: &BindOptions) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if options.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(options.ipv6_only)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    let socket = UdpSocket::from_std(socket.into());
+    adopt(&socket)?;
+    Ok(socket)
+}
+
+/// Asks for the control messages the batch receiver reads (local address on a wildcard
+/// bind; the receive-queue drop count). Also used for sockets inherited from systemd.
+pub(super) fn adopt(socket: &UdpSocket) -> io::Result<()> {
+    let local = socket.local_addr()?;
+    enable_controls(socket, local.ip().is_unspecified(), local.is_ipv6())
+}

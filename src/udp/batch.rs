@@ -1,0 +1,576 @@
+//! Many datagrams per system call (Linux): `recvmmsg` in, `sendmmsg` out, with runs of
+//! same-size replies to one peer sent as a single GSO message (`UDP_SEGMENT`).
+//!
+//! Why this shape: on loopback the kernel's per-datagram path costs far more than the
+//! system call, so batching calls alone buys little; what pays is walking the stack once
+//! per *run* of datagrams (GSO), where the kernel cuts one large send into the datagrams.
+//!
+//! Rules kept here:
+//! - **Never truncate.** Every receive slot holds the largest datagram allowed
+//!   (`--udp-max-datagram`, at most the protocol's 65,527 bytes), plus one byte; the kernel's
+//!   `MSG_TRUNC` flag or a length over the limit marks a datagram to drop, never to cut.
+//! - **Same datagrams back.** A GSO message is the run's datagrams back to back in an
+//!   iovec list with `UDP_SEGMENT` = their size (the last may be shorter), so the peer
+//!   receives exactly the datagrams it sent, in order.
+//! - **Reply from where it was sent to.** On a wildcard bind, the local address a datagram
+//!   arrived on (`IP_PKTINFO` / `IPV6_PKTINFO`) goes back as the source of its reply.
+//! - **Readiness through mio.** Every call goes through `UdpSocket::try_io`, so a
+//!   `WouldBlock` re-arms the socket on every selector (poll(2) included).
+//!
+//! The buffers are allocated once, shared by every UDP socket of the loop, and the raw
+//! headers pointing into them are rebuilt just before each call (no self-reference).
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use mio::net::UdpSocket;
+use socket2::SockAddr;
+
+/// Datagrams taken per `recvmmsg`.
+pub(crate) const BATCH: usize = 32;
+/// The largest UDP payload there is (IPv6; IPv4's is 65,507).
+pub(crate) const MAX_DATAGRAM: usize = 65_527;
+/// Room for one PKTINFO control message (IPv6's is the larger) and one 32-bit counter.
+const CONTROL_WORDS: usize = 16; // 128 bytes, as u64 for cmsghdr's alignment
+/// Datagrams one GSO message may carry (the kernel's limit was 64 before Linux 5.x).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Bytes one GSO message may carry (its datagrams together, below IP's 64 KiB).
+const GSO_MAX_BYTES: usize = 60_000;
+/// Segments above this size are sent one by one: a GSO segment must fit the path MTU,
+/// and this fits a 1,500-byte Ethernet frame for IPv4 and IPv6 alike.
+const GSO_MAX_SEGMENT: usize = 1_452;
+
+/// What arrived in one receive slot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Arrived {
+    /// The datagram's length, or the part of it that fit (see `truncated`).
+    pub(crate) len: usize,
+    /// The kernel said it did not fit the slot (`MSG_TRUNC`).
+    pub(crate) truncated: bool,
+    /// Who sent it (an IPv4 sender on a dual-stack socket appears IPv4-mapped).
+    pub(crate) source: SocketAddr,
+    /// The local address it was sent to, where asked for (`IP_PKTINFO`).
+    pub(crate) local: Option<IpAddr>,
+}
+
+/// One reply to send: `len` bytes from receive slot `slot` (or the fixed reply), to the
+/// source of that slot's datagram.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reply {
+    pub(crate) slot: usize,
+    pub(crate) len: usize,
+}
+
+/// What a batch send achieved.
+#[derive(Debug, Default)]
+pub(crate) struct Sent {
+    /// Replies that went out.
+    pub(crate) datagrams: u64,
+    pub(crate) bytes: u64,
+    /// Replies the kernel refused (one error each), by the error.
+    pub(crate) failed: Vec<io::Error>,
+    /// Index into the replies of the first one not sent because the socket was full
+    /// (`WouldBlock`); everything from there on is still owed.
+    pub(crate) blocked_at: Option<usize>,
+    /// Send calls made, for the narration.
+    pub(crate) calls: u32,
+}
+
+/// The loop's receive slots and the headers for one `recvmmsg` / `sendmmsg`.
+pub(crate) struct Batch {
+    /// `BATCH` slots of `slot_size` bytes, back to back.
+    buffers: Box<[u8]>,
+    /// Bytes per slot: the largest datagram allowed plus one, so an oversize one shows.
+    slot_size: usize,
+    /// The fixed reply of `--mode ack`, sent from here instead of a slot.
+    fixed_reply: &'static [u8],
+    /// Source address of each slot's datagram, as the kernel wrote it.
+    names: Box<[libc::sockaddr_storage]>,
+    name_lens: Box<[libc::socklen_t]>,
+    /// Control messages received with each datagram (PKTINFO, SO_RXQ_OVFL).
+    controls: Box<[[u64; CONTROL_WORDS]]>,
+    /// Control messages for each outgoing message (UDP_SEGMENT, PKTINFO).
+    send_controls: Box<[[u64; CONTROL_WORDS]]>,
+    iovecs: Box<[libc::iovec]>,
+    headers: Box<[libc::mmsghdr]>,
+    /// What the last receive brought, slot by slot.
+    pub(crate) arrived: Vec<Arrived>,
+    /// The kernel's running count of datagrams it dropped for a full receive queue
+    /// (`SO_RXQ_OVFL`), as of the last datagram that carried it.
+    pub(crate) queue_drops: Option<u32>,
+}
+
+impl Batch {
+    /// Slots for datagrams of up to `max_datagram` bytes.
+    pub(crate) fn new(max_datagram: usize, fixed_reply: &'static [u8]) -> Batch {
+        let slot_size = max_datagram.min(MAX_DATAGRAM) + 1;
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let zero_name: libc::sockaddr_storage = unsafe { zeroed() };
+        let zero_header: libc::mmsghdr = unsafe { zeroed() };
+        let zero_iovec = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        Batch {
+            buffers: vec![0; BATCH * slot_size].into_boxed_slice(),
+            slot_size,
+            fixed_reply,
+            names: vec![zero_name; BATCH].into_boxed_slice(),
+            name_lens: vec![0; BATCH].into_boxed_slice(),
+            controls: vec![[0; CONTROL_WORDS]; BATCH].into_boxed_slice(),
+            send_controls: vec![[0; CONTROL_WORDS]; BATCH].into_boxed_slice(),
+            iovecs: vec![zero_iovec; BATCH].into_boxed_slice(),
+            headers: vec![zero_header; BATCH].into_boxed_slice(),
+            arrived: Vec::with_capacity(BATCH),
+            queue_drops: None,
+        }
+    }
+
+    /// The bytes of slot `slot`'s datagram (what fit of it).
+    pub(crate) fn datagram(&self, slot: usize) -> &[u8] {
+        let start = slot * self.slot_size;
+        &self.buffers[start..start + self.arrived[slot].len]
+    }
+
+    /// The bytes a reply carries: its slot's datagram, or the fixed reply.
+    fn reply_bytes(&self, reply: Reply, fixed: bool) -> &[u8] {
+        if fixed {
+            &self.fixed_reply[..reply.len]
+        } else {
+            &self.datagram(reply.slot)[..reply.len]
+        }
+    }
+
+    /// One `recvmmsg`: up to `BATCH` datagrams into the slots (see [`Batch::arrived`]).
+    /// `WouldBlock` when there was nothing.
+    pub(crate) fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        for i in 0..BATCH {
+            self.iovecs[i] = libc::iovec {
+                iov_base: self.buffers[i * self.slot_size..].as_mut_ptr().cast(),
+                iov_len: self.slot_size,
+            };
+            let header = &mut self.headers[i];
+            header.msg_hdr.msg_name = (&raw mut self.names[i]).cast();
+            header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_hdr.msg_iov = &raw mut self.iovecs[i];
+            header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = size_of::<[u64; CONTROL_WORDS]>() as _;
+            header.msg_hdr.msg_flags = 0;
+            header.msg_len = 0;
+        }
+        let fd = socket.as_raw_fd();
+        let headers = self.headers.as_mut_ptr();
+        // SAFETY: every header points into buffers owned by `self`, sized as declared, and
+        // alive for the call; recvmmsg writes at most BATCH headers.
+        let n = socket.try_io(|| {
+            let rc = unsafe { libc::recvmmsg(fd, headers, BATCH as _, 0, std::ptr::null_mut()) };
+            if rc < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(rc as usize)
+            }
+        })?;
+        self.arrived.clear();
+        for i in 0..n {
+            let header = &self.headers[i];
+            self.name_lens[i] = header.msg_hdr.msg_namelen;
+            let (local, drops) = parse_controls(&header.msg_hdr);
+            if drops.is_some() {
+                self.queue_drops = drops;
+            }
+            self.arrived.push(Arrived {
+                len: (header.msg_len as usize).min(self.slot_size),
+                truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                source: to_socket_addr(&self.names[i], self.name_lens[i])
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                local,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Sends `replies` (in order) to the sources of their slots: runs of same-size replies
+    /// to one peer as single GSO messages, everything in as few `sendmmsg` calls as the
+    /// kernel allows. `fixed`: the replies are the fixed reply, not the datagrams.
+    pub(crate) fn send(&mut self, socket: &UdpSocket, replies: &[Reply], fixed: bool) -> Sent {
+        let mut sent = Sent::default();
+        let mut next = 0;
+        while next < replies.len() {
+            // Build up to BATCH messages (and BATCH iovecs) from `next` on.
+            let mut messages = 0;
+            let mut iovecs = 0;
+            let mut first_reply = [0usize; BATCH];
+            let mut run_lens = [0usize; BATCH];
+            let mut at = next;
+            while at < replies.len() && messages < BATCH && iovecs < BATCH {
+                let run = self.run_length(replies, at, BATCH - iovecs);
+                first_reply[messages] = at;
+                run_lens[messages] = run;
+                self.fill_message(messages, iovecs, &replies[at..at + run], fixed);
+                iovecs += run;
+                messages += 1;
+                at += run;
+            }
+            let fd = socket.as_raw_fd();
+            let headers = self.headers.as_mut_ptr();
+            // SAFETY: as in `receive`: headers point into `self`, alive for the call.
+            let result = socket.try_io(|| {
+                let rc = unsafe { libc::sendmmsg(fd, headers, messages as _, 0) };
+                if rc < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(rc as usize)
+                }
+            });
+            sent.calls += 1;
+            match result {
+                Ok(done) => {
+                    for m in 0..done {
+                        let run = &replies[first_reply[m]..first_reply[m] + run_lens[m]];
+                        sent.datagrams += run.len() as u64;
+                        sent.bytes += run.iter().map(|r| r.len as u64).sum::<u64>();
+                    }
+                    // After a partial send, the next call starts at the first message not
+                    // sent, and reports its error if it had one.
+                    next = if done < messages {
+                        first_reply[done]
+                    } else {
+                        at
+                    };
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    sent.blocked_at = Some(next);
+                    return sent;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    // The first message failed. A GSO run the kernel will not cut (no
+                    // offload on this path, an MTU below the segment) goes out one by one;
+                    // any other error concerns just that reply.
+                    let run = &replies[first_reply[0]..first_reply[0] + run_lens[0]];
+                    if run.len() > 1 {
+                        if let Some(blocked) = self.send_singly(socket, run, fixed, &mut sent) {
+                            sent.blocked_at = Some(first_reply[0] + blocked);
+                            return sent;
+                        }
+                    } else {
+                        sent.failed.push(err);
+                    }
+                    next = first_reply[0] + run_lens[0];
+                }
+            }
+        }
+        sent
+    }
+
+    /// Sends each reply of `run` as a message of its own; `Some(i)` if reply `i` met a
+    /// full socket.
+    fn send_singly(
+        &mut self,
+        socket: &UdpSocket,
+        run: &[Reply],
+        fixed: bool,
+        sent: &mut Sent,
+    ) -> Option<usize> {
+        for (i, reply) in run.iter().enumerate() {
+            self.fill_message(0, 0, std::slice::from_ref(reply), fixed);
+            let fd = socket.as_raw_fd();
+            let header = &raw mut self.headers[0].msg_hdr;
+            // SAFETY: as in `receive`.
+            let result = socket.try_io(|| {
+                let rc = unsafe { libc::sendmsg(fd, header, 0) };
+                if rc < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(rc as usize)
+                }
+            });
+            sent.calls += 1;
+            match result {
+                Ok(_) => {
+                    sent.datagrams += 1;
+                    sent.bytes += reply.len as u64;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Some(i),
+                Err(err) => sent.failed.push(err),
+            }
+        }
+        None
+    }
+
+    /// How many replies from `at` on can travel as one GSO message: same peer, same local
+    /// address, same size (the last may be shorter), within the kernel's limits.
+    fn run_length(&self, replies: &[Reply], at: usize, room: usize) -> usize {
+        let first = replies[at];
+        let size = first.len;
+        if size == 0 || size > GSO_MAX_SEGMENT {
+            return 1;
+        }
+        let limit = room
+            .min(GSO_MAX_SEGMENTS)
+            .min(GSO_MAX_BYTES / size)
+            .min(replies.len() - at);
+        let peer = self.peer_of(first.slot);
+        let local = self.arrived[first.slot].local;
+        let mut run = 1;
+        while run < limit {
+            let next = replies[at + run];
+            let same_peer =
+                self.peer_of(next.slot) == peer && self.arrived[next.slot].local == local;
+            if !same_peer || next.len > size || next.len == 0 {
+                break;
+            }
+            run += 1;
+            if next.len < size {
+                break; // a shorter datagram can only end a run
+            }
+        }
+        run
+    }
+
+    /// The raw source address of a slot's datagram, for comparing peers cheaply.
+    fn peer_of(&self, slot: usize) -> &[u8] {
+        let len = self.name_lens[slot] as usize;
+        // SAFETY: sockaddr_storage is plain bytes; `len` is what the kernel wrote.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&raw const self.names[slot]).cast::<u8>(),
+                len.min(size_of::<libc::sockaddr_storage>()),
+            )
+        }
+    }
+
+    /// Points message `index` at `run` (replies to one peer), its iovecs from `first_iovec`.
+    fn fill_message(&mut self, index: usize, first_iovec: usize, run: &[Reply], fixed: bool) {
+        for (k, reply) in run.iter().enumerate() {
+            let (base, len) = {
+                let bytes = self.reply_bytes(*reply, fixed);
+                (bytes.as_ptr().cast_mut(), bytes.len())
+            };
+            self.iovecs[first_iovec + k] = libc::iovec {
+                iov_base: base.cast(),
+                iov_len: len,
+            };
+        }
+        let slot = run[0].slot;
+        let segment = (run.len() > 1).then_some(run[0].len as u16);
+        let local = self.arrived[slot].local;
+        let control_len = write_send_controls(&mut self.send_controls[index], segment, local);
+        let header = &mut self.headers[index];
+        header.msg_hdr.msg_name = (&raw mut self.names[slot]).cast();
+        header.msg_hdr.msg_namelen = self.name_lens[slot];
+        header.msg_hdr.msg_iov = &raw mut self.iovecs[first_iovec];
+        header.msg_hdr.msg_iovlen = run.len() as _;
+        if control_len == 0 {
+            header.msg_hdr.msg_control = std::ptr::null_mut();
+            header.msg_hdr.msg_controllen = 0;
+        } else {
+            header.msg_hdr.msg_control = self.send_controls[index].as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = control_len as _;
+        }
+        header.msg_hdr.msg_flags = 0;
+        header.msg_len = 0;
+    }
+}
+
+/// Sends one datagram to `to`, from local address `from` if given (the slow path for
+/// replies a full socket refused earlier).
+pub(crate) fn send_one(
+    socket: &UdpSocket,
+    bytes: &[u8],
+    to: SocketAddr,
+    from: Option<IpAddr>,
+) -> io::Result<()> {
+    let mut control = [0u64; CONTROL_WORDS];
+    let control_len = write_send_controls(&mut control, None, from);
+    let destination = SockAddr::from(to);
+    let mut iovec = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; every pointer set below outlives the call.
+    let mut header: libc::msghdr = unsafe { zeroed() };
+    header.msg_name = destination.as_ptr().cast_mut().cast();
+    header.msg_namelen = destination.len();
+    header.msg_iov = &raw mut iovec;
+    header.msg_iovlen = 1;
+    if control_len > 0 {
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = control_len as _;
+    }
+    let fd = socket.as_raw_fd();
+    socket.try_io(|| {
+        // SAFETY: `header` and what it points to are valid for the call.
+        let rc = unsafe { libc::sendmsg(fd, &header, 0) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Asks the kernel for what `receive` reads: the local address of each datagram (on a
+/// wildcard bind) and its count of receive-queue drops.
+pub(crate) fn enable_controls(socket: &UdpSocket, wildcard: bool, ipv6: bool) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    let on: libc::c_int = 1;
+    let set = |level, name| {
+        // SAFETY: `on` is a valid c_int for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as _,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_RXQ_OVFL)?;
+    if wildcard {
+        if ipv6 {
+            set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)?;
+            // A dual-stack socket's IPv4 datagrams carry IP_PKTINFO.
+            let _ = set(libc::IPPROTO_IP, libc::IP_PKTINFO);
+        } else {
+            set(libc::IPPROTO_IP, libc::IP_PKTINFO)?;
+        }
+    }
+    Ok(())
+}
+
+/// The local address (PKTINFO) and the drop counter (SO_RXQ_OVFL) among a datagram's
+/// control messages.
+fn parse_controls(header: &libc::msghdr) -> (Option<IpAddr>, Option<u32>) {
+    let (mut local, mut drops) = (None, None);
+    // SAFETY: the kernel filled msg_control up to msg_controllen with well-formed cmsgs;
+    // the CMSG_* walkers stay within it, and each payload is read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info = data.cast::<libc::in_pktinfo>().read_unaligned();
+                    local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        info.ipi_addr.s_addr,
+                    ))));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info = data.cast::<libc::in6_pktinfo>().read_unaligned();
+                    local = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                }
+                (libc::SOL_SOCKET, libc::SO_RXQ_OVFL) => {
+                    drops = Some(data.cast::<u32>().read_unaligned());
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    (local, drops)
+}
+
+/// Writes an outgoing message's control messages; returns their length (0: none).
+fn write_send_controls(
+    buffer: &mut [u64; CONTROL_WORDS],
+    segment: Option<u16>,
+    local: Option<IpAddr>,
+) -> usize {
+    if segment.is_none() && local.is_none() {
+        return 0;
+    }
+    // SAFETY: a msghdr whose control area is `buffer`, so CMSG_FIRSTHDR / CMSG_NXTHDR walk
+    // within it; each payload fits the CMSG_SPACE counted for it, which stays below the
+    // buffer's 128 bytes (16 for the segment size + 40 for in6_pktinfo).
+    unsafe {
+        let mut header: libc::msghdr = zeroed();
+        header.msg_control = buffer.as_mut_ptr().cast();
+        let space = |len: usize| libc::CMSG_SPACE(len as u32) as usize;
+        let total = segment.map_or(0, |_| space(size_of::<u16>()))
+            + match local {
+                Some(IpAddr::V4(_)) => space(size_of::<libc::in_pktinfo>()),
+                Some(IpAddr::V6(_)) => space(size_of::<libc::in6_pktinfo>()),
+                None => 0,
+            };
+        buffer.fill(0);
+        header.msg_controllen = total as _;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
+        if let Some(size) = segment {
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+            libc::CMSG_DATA(cmsg).cast::<u16>().write_unaligned(size);
+            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
+        }
+        match local {
+            Some(IpAddr::V4(ip)) => {
+                (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(ip).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                libc::CMSG_DATA(cmsg)
+                    .cast::<libc::in_pktinfo>()
+                    .write_unaligned(info);
+            }
+            Some(IpAddr::V6(ip)) => {
+                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                libc::CMSG_DATA(cmsg)
+                    .cast::<libc::in6_pktinfo>()
+                    .write_unaligned(info);
+            }
+            None => {}
+        }
+        total
+    }
+}
+
+/// A kernel-written source address as a `SocketAddr`.
+fn to_socket_addr(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    // SAFETY: the kernel wrote a sockaddr of family `ss_family` and length `len` into
+    // `name`; each arm reads the matching struct only when `len` covers it.
+    unsafe {
+        match i32::from(name.ss_family) {
+            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+                let v4 = &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                let ip = Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+                Some(SocketAddr::from((ip, u16::from_be(v4.sin_port))))
+            }
+            libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+                let v6 = &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                let ip = Ipv6Addr::from(v6.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip,
+                    u16::from_be(v6.sin6_port),
+                    v6.sin6_flowinfo,
+                    v6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}

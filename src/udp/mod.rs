@@ -1,0 +1,378 @@
+//! UDP echo, the datagram half of RFC 862: each datagram goes back, whole, to whoever sent
+//! it, from the address it was sent to.
+//!
+//! A UDP socket has no connections, no half-close and no per-peer buffer, so it is not a
+//! [`Connection`](crate::connection): it has its own small state here, served by the same
+//! loop under a named token. Per readiness event:
+//!
+//! 1. **Flush first.** Replies a full send buffer refused earlier go out before anything is
+//!    read; while any are still owed, the socket is not read at all (interest WRITABLE only)
+//!    and the kernel drops what no longer fits its receive queue, which is what UDP means.
+//!    So at most one batch is ever held, whatever arrives.
+//! 2. **Drain in batches** ([`batch`]): `recvmmsg` until `WouldBlock`, up to a budget per
+//!    turn, after which the loop comes back (the revisit list), so a flood on one socket
+//!    cannot starve TCP clients or the other sockets.
+//! 3. **Judge each datagram** ([`guard`]): oversize, a source no reply may go to, over its
+//!    source's rate: dropped and counted by reason. What remains is answered, as runs of
+//!    same-size replies to one peer per GSO message.
+//!
+//! A datagram's trouble concerns that datagram alone: errors are counted and logged at
+//! most once a second, and the socket is never closed because of one.
+
+pub(crate) mod batch;
+pub(crate) mod guard;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use log::{debug, trace, warn};
+use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
+
+use crate::config::{ACK_REPLY, Mode};
+use crate::print::print_heard;
+use crate::stats::Stats;
+use batch::{Batch, Reply};
+use guard::{Refusal, SourceGuard, SourceRates};
+
+/// Receive batches per socket per turn before the loop serves the others.
+const BATCHES_PER_TURN: usize = 8;
+
+/// The UDP settings the loop serves with.
+#[derive(Clone, Debug)]
+pub(crate) struct UdpSettings {
+    pub(crate) mode: Mode,
+    pub(crate) print: bool,
+    /// `--udp-max-datagram`: larger datagrams are dropped whole.
+    pub(crate) max_datagram: usize,
+    pub(crate) allow_low_ports: bool,
+    /// `--udp-rate-per-ip` (`None`: no limit).
+    pub(crate) rate_per_ip: Option<u32>,
+    /// Loopback sources are not rate limited.
+    pub(crate) rate_exempts_loopback: bool,
+}
+
+/// One bound UDP socket and what it still owes.
+pub(crate) struct UdpEndpoint {
+    /// Registered with the loop's `Poll` under its UDP token.
+    pub(crate) socket: UdpSocket,
+    /// The address it is bound to.
+    pub(crate) local: SocketAddr,
+    /// Replies the send buffer refused: sent on WRITABLE, before anything is read.
+    owed: Vec<OwedReply>,
+    /// What the socket is registered for now: READABLE, or WRITABLE while owing.
+    registered: Interest,
+    /// The kernel's receive-queue drop counter as last seen (`SO_RXQ_OVFL`).
+    queue_drops_seen: u32,
+}
+
+/// A refused reply, copied out of the shared batch (rare: only when the socket is full).
+struct OwedReply {
+    to: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    bytes: Vec<u8>,
+}
+
+impl UdpEndpoint {
+    pub(crate) fn new(socket: UdpSocket, local: SocketAddr) -> UdpEndpoint {
+        UdpEndpoint {
+            socket,
+            local,
+            owed: Vec::new(),
+            registered: Interest::READABLE,
+            queue_drops_seen: 0,
+        }
+    }
+}
+
+/// Everything UDP the loop owns: the sockets, the one batch of buffers they share, the
+/// guards, and the rate-limited error log.
+pub(crate) struct Datagrams {
+    pub(crate) sockets: Vec<UdpEndpoint>,
+    settings: UdpSettings,
+    /// Allocated with the first UDP socket; shared, since only one socket is read at a time.
+    batch: Batch,
+    guard: SourceGuard,
+    rates: Option<SourceRates>,
+    /// The replies decided for the current batch (reused: no allocation per batch).
+    replies: Vec<Reply>,
+    /// When an error was last logged, and how many were not logged since.
+    last_warning: Option<Instant>,
+    unlogged_errors: u64,
+}
+
+/// What the loop must do after serving a UDP socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// Drained (or waiting for WRITABLE): the next event will say when.
+    Done,
+    /// Stopped at the budget with datagrams perhaps still queued: revisit next turn.
+    ComeBack,
+}
+
+impl Datagrams {
+    pub(crate) fn new(sockets: Vec<UdpEndpoint>, settings: UdpSettings) -> Datagrams {
+        let fixed_reply = if settings.mode == Mode::Ack {
+            ACK_REPLY
+        } else {
+            &[]
+        };
+        let guard = SourceGuard {
+            allow_low_ports: settings.allow_low_ports,
+            own_ports: sockets.iter().map(|s| s.local.port()).collect(),
+        };
+        Datagrams {
+            batch: Batch::new(
+                if sockets.is_empty() {
+                    0
+                } else {
+                    settings.max_datagram
+                },
+                fixed_reply,
+            ),
+            guard,
+            rates: settings
+                .rate_per_ip
+                .map(|rate| SourceRates::new(rate, settings.rate_exempts_loopback)),
+            replies: Vec::with_capacity(batch::BATCH),
+            sockets,
+            settings,
+            last_warning: None,
+            unlogged_errors: 0,
+        }
+    }
+
+    /// Serves socket `index` after a readiness event (or a revisit).
+    pub(crate) fn serve(
+        &mut self,
+        index: usize,
+        token: Token,
+        writable: bool,
+        registry: &Registry,
+        stats: &mut Stats,
+        now: Instant,
+    ) -> Served {
+        let Some(endpoint) = self.sockets.get_mut(index) else {
+            return Served::Done; // closed by shutdown earlier in this batch
+        };
+        if writable && !endpoint.owed.is_empty() {
+            flush_owed(endpoint, stats, &mut self.unlogged_errors);
+        }
+        let mut served = Served::Done;
+        if endpoint.owed.is_empty() {
+            served = self.drain(index, stats, now);
+        }
+        let endpoint = &mut self.sockets[index];
+        let wanted = if endpoint.owed.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::WRITABLE
+        };
+        if wanted != endpoint.registered {
+            trace!(
+                "udp {index}: interest {:?} -> {wanted:?}",
+                endpoint.registered
+            );
+            match registry.reregister(&mut endpoint.socket, token, wanted) {
+                Ok(()) => endpoint.registered = wanted,
+                Err(err) => warn!("udp {}: cannot re-register: {err}", endpoint.local),
+            }
+        }
+        self.log_errors(now);
+        served
+    }
+
+    /// Receives and answers batches until `WouldBlock`, a full send buffer, or the budget.
+    fn drain(&mut self, index: usize, stats: &mut Stats, now: Instant) -> Served {
+        for _ in 0..BATCHES_PER_TURN {
+            let endpoint = &mut self.sockets[index];
+            let received = match self.batch.receive(&endpoint.socket) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    trace!("udp {index}: recvmmsg WouldBlock");
+                    return Served::Done;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if concerns_one_datagram(&err) => {
+                    // An ICMP error from an earlier send, reported on this call: counted,
+                    // and the socket read on.
+                    stats.udp_dropped_error += 1;
+                    self.unlogged_errors += 1;
+                    debug!("udp {index}: {err}");
+                    continue;
+                }
+                Err(err) => {
+                    warn!("udp {}: recvmmsg: {err}", endpoint.local);
+                    return Served::Done;
+                }
+            };
+            if let Some(total) = self.batch.queue_drops.take() {
+                stats.udp_dropped_queue_full +=
+                    u64::from(total.wrapping_sub(endpoint.queue_drops_seen));
+                endpoint.queue_drops_seen = total;
+            }
+            trace!("udp {index}: received a batch of {received}");
+            self.judge(stats, now);
+            let fixed = self.settings.mode == Mode::Ack;
+            let endpoint = &mut self.sockets[index];
+            let sent = self.batch.send(&endpoint.socket, &self.replies, fixed);
+            trace!(
+                "udp {index}: sent {} of {} replies in {} calls",
+                sent.datagrams,
+                self.replies.len(),
+                sent.calls
+            );
+            stats.udp_datagrams_out += sent.datagrams;
+            stats.udp_bytes_out += sent.bytes;
+            for err in &sent.failed {
+                stats.udp_dropped_error += 1;
+                self.unlogged_errors += 1;
+                debug!("udp {index}: reply refused: {err}");
+            }
+            if let Some(first) = sent.blocked_at {
+                trace!(
+                    "udp {index}: sendmmsg WouldBlock, {} replies owed",
+                    self.replies.len() - first
+                );
+                for reply in &self.replies[first..] {
+                    let arrived = self.batch.arrived[reply.slot];
+                    let bytes = if fixed {
+                        ACK_REPLY.to_vec()
+                    } else {
+                        self.batch.datagram(reply.slot)[..reply.len].to_vec()
+                    };
+                    endpoint.owed.push(OwedReply {
+                        to: arrived.source,
+                        from: arrived.local,
+                        bytes,
+                    });
+                }
+                return Served::Done;
+            }
+            if received < batch::BATCH && crate::connection::SHORT_READ_MEANS_DRAINED {
+                // A short batch: the queue ran dry just now, and on epoll and kqueue the
+                // next datagram raises a fresh edge (elsewhere, read on to WouldBlock,
+                // which re-arms the socket; see SHORT_READ_MEANS_DRAINED).
+                return Served::Done;
+            }
+        }
+        trace!("udp {index}: batch budget spent, revisit next turn");
+        Served::ComeBack
+    }
+
+    /// Decides, datagram by datagram, which get a reply (into `self.replies`).
+    fn judge(&mut self, stats: &mut Stats, now: Instant) {
+        self.replies.clear();
+        for slot in 0..self.batch.arrived.len() {
+            let arrived = self.batch.arrived[slot];
+            stats.udp_datagrams_in += 1;
+            stats.udp_bytes_in += arrived.len as u64;
+            if arrived.truncated || arrived.len > self.settings.max_datagram {
+                stats.udp_dropped_oversize += 1;
+                trace!("udp: {} sent an oversize datagram: dropped", arrived.source);
+                continue;
+            }
+            let verdict = self
+                .guard
+                .check(arrived.source)
+                .and_then(|()| match &mut self.rates {
+                    Some(rates) => rates.allow(arrived.source.ip(), now),
+                    None => Ok(()),
+                });
+            match verdict {
+                Err(Refusal::Guard) => {
+                    stats.udp_dropped_guard += 1;
+                    trace!("udp: {}: guarded source, dropped", arrived.source);
+                    continue;
+                }
+                Err(Refusal::Rate) => {
+                    stats.udp_dropped_rate += 1;
+                    trace!("udp: {}: over its rate, dropped", arrived.source);
+                    continue;
+                }
+                Ok(()) => {}
+            }
+            if self.settings.print {
+                print_heard(canonical(arrived.source), self.batch.datagram(slot));
+            }
+            match self.settings.mode {
+                Mode::Echo => self.replies.push(Reply {
+                    slot,
+                    len: arrived.len,
+                }),
+                // Never a reply larger than its request: no amplification.
+                Mode::Ack if arrived.len >= ACK_REPLY.len() => self.replies.push(Reply {
+                    slot,
+                    len: ACK_REPLY.len(),
+                }),
+                Mode::Ack => stats.udp_unanswered_short += 1,
+                Mode::Discard => {}
+            }
+        }
+    }
+
+    /// At most one warning a second for datagram errors, with how many there were.
+    fn log_errors(&mut self, now: Instant) {
+        if self.unlogged_errors == 0 {
+            return;
+        }
+        let due = self
+            .last_warning
+            .is_none_or(|at| now.duration_since(at) >= crate::server::WARN_INTERVAL);
+        if due {
+            warn!(
+                "udp: {} datagrams met errors (ICMP unreachable, EMSGSIZE, ENOBUFS, …); \
+                 each was dropped and counted",
+                self.unlogged_errors
+            );
+            self.unlogged_errors = 0;
+            self.last_warning = Some(now);
+        }
+    }
+}
+
+/// Sends what a full send buffer refused earlier, in order, until done or full again.
+fn flush_owed(endpoint: &mut UdpEndpoint, stats: &mut Stats, errors: &mut u64) {
+    let mut sent = 0;
+    for reply in &endpoint.owed {
+        match batch::send_one(&endpoint.socket, &reply.bytes, reply.to, reply.from) {
+            Ok(()) => {
+                stats.udp_datagrams_out += 1;
+                stats.udp_bytes_out += reply.bytes.len() as u64;
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                stats.udp_dropped_error += 1;
+                *errors += 1;
+            }
+        }
+        sent += 1;
+    }
+    endpoint.owed.drain(..sent);
+    trace!(
+        "udp {}: flushed {sent} owed replies, {} left",
+        endpoint.local,
+        endpoint.owed.len()
+    );
+}
+
+/// Errors that a UDP socket reports for one earlier or current datagram only.
+fn concerns_one_datagram(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EMSGSIZE
+                | libc::ENOBUFS
+                | libc::EPERM
+        )
+    )
+}
+
+/// An IPv4 sender on a dual-stack socket, shown as the IPv4 address it is.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    crate::listen::canonical(addr)
+}
