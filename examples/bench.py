@@ -55,7 +55,18 @@ SCENARIOS = {
               "churn: 100 at once, each connect + 64 B echo + close"),
     # Run specially (two echod processes sharing a port, two load generators).
     "idle2x": ([], "38,000 idle connections, two echod processes (--reuse-port)"),
+    # UDP (RFC 862's datagram half), against the UDP references: flows × in flight × size.
+    "u1": (["--udp", "--conns", "1", "--pipeline", "1", "--size", "64"],
+           "U1 UDP 1 flow × 1 in flight × 64 B"),
+    "u2": (["--udp", "--conns", "64", "--pipeline", "16", "--size", "64"],
+           "U2 UDP 64 flows × 16 in flight × 64 B"),
+    "u3": (["--udp", "--conns", "16", "--pipeline", "4", "--size", "1400"],
+           "U3 UDP 16 flows × 4 in flight × 1,400 B"),
+    "u4": (["--udp", "--conns", "4", "--pipeline", "2", "--size", "32768"],
+           "U4 UDP 4 flows × 2 in flight × 32 KiB"),
 }
+UDP_SCENARIOS = ["u1", "u2", "u3", "u4"]
+UDP_SERVERS = ["echod", "c-udp", "c-udp-mmsg", "c-udp-gso", "tokio-udp"]
 # The figures that matter per scenario: (cost key, rate key, rate label).
 PER_CONNECTION = ("server_cpu_us_per_conn", "conns_per_s", "conns/s")
 PER_MESSAGE = ("server_cpu_us_per_msg", "msgs_per_s", "msgs/s")
@@ -90,10 +101,11 @@ def build(anchors, servers):
 class Server:
     """One server process, pinned to core 0, listening on 127.0.0.1:port."""
 
-    def __init__(self, name, port, anchors, wrapper=(), extra=()):
+    def __init__(self, name, port, anchors, wrapper=(), extra=(), udp=False):
         if name in ("echod", "echod-poll"):
             binary = ECHOD if name == "echod" else ECHOD_POLL
-            command = [binary, "-qq", "--listen", f"127.0.0.1:{port}"] + list(extra)
+            listen = f"udp:127.0.0.1:{port}" if udp else f"127.0.0.1:{port}"
+            command = [binary, "-qq", "--listen", listen] + list(extra)
         else:
             command = [os.path.join(anchors, "start.sh"), name, str(port)]
         command = list(wrapper) + command
@@ -105,7 +117,14 @@ class Server:
         deadline = time.monotonic() + 15
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                if udp:
+                    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    probe.settimeout(0.2)
+                    probe.sendto(b"are you there?", ("127.0.0.1", port))
+                    probe.recvfrom(64)
+                    probe.close()
+                else:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -211,9 +230,9 @@ def idle_two_processes(port, duration):
 
 
 
-def syscalls_per_message(name, port, anchors, args, duration):
+def syscalls_per_message(name, port, anchors, args, duration, udp=False):
     """strace -c -f attached to the server for a whole short run; syscalls / messages."""
-    server = Server(name, port, anchors)
+    server = Server(name, port, anchors, udp=udp)
     try:
         with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
             tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(server.pid), "-o", out.name],
@@ -282,6 +301,11 @@ def main():
     parser.add_argument("--sweep", action="store_true",
                         help="64 B ping-pong at each of --sweep-points connections; SVG charts")
     parser.add_argument("--sweep-points", type=int, nargs="+", default=SWEEP_POINTS)
+    parser.add_argument("--sweep-busy", type=int, metavar="N",
+                        help="with --sweep: only N connections busy, the rest held idle by a "
+                             "second load generator (most clients idle: the C10K case)")
+    parser.add_argument("--udp-servers", nargs="+", default=UDP_SERVERS,
+                        help="servers for the UDP scenarios u1–u4")
     opts = parser.parse_args()
     if opts.sweep:
         if opts.servers == DEFAULT_SERVERS:
@@ -292,6 +316,8 @@ def main():
 
     if not opts.no_build:
         build(opts.anchors, opts.servers)
+    tcp_scenarios = [s for s in opts.scenarios if s not in UDP_SCENARIOS]
+    udp_scenarios = [s for s in opts.scenarios if s in UDP_SCENARIOS]
     port = 21000  # below the ephemeral range (32768+), which TIME_WAIT client ports fill
     results = {}  # (scenario, server) -> list of loadgen results (+ peak_rss_kib)
     idle2x = []
@@ -304,10 +330,12 @@ def main():
                 idle2x.append(result)
                 log(f"idle2x  round {round_number} {result}")
             continue
+        udp = scenario in UDP_SCENARIOS
+        servers = opts.udp_servers if udp else opts.servers
         for round_number in range(1, opts.rounds + 1):
-            for name in opts.servers:
+            for name in servers:
                 port += 1
-                server = Server(name, port, opts.anchors)
+                server = Server(name, port, opts.anchors, udp=udp)
                 try:
                     duration = opts.duration
                     result = loadgen(port, server.pid, args, duration, opts.warmup)
@@ -326,6 +354,14 @@ def main():
             syscalls[name] = syscalls_per_message(name, port, opts.anchors, SCENARIOS["100x64"][0], 3)
             log(f"syscalls 100x64 {name:9} {syscalls[name]}")
 
+    udp_syscalls = {}
+    if not opts.no_strace and "u2" in opts.scenarios:
+        for name in opts.udp_servers:
+            port += 1
+            udp_syscalls[name] = syscalls_per_message(name, port, opts.anchors,
+                                                      SCENARIOS["u2"][0], 3, udp=True)
+            log(f"syscalls u2 {name:9} {udp_syscalls[name]}")
+
     instructions = {}
     if opts.callgrind and "100x64" in opts.scenarios:
         for name in opts.servers:
@@ -340,9 +376,43 @@ def main():
     if opts.json:
         with open(opts.json, "w") as raw:
             json.dump({f"{s}/{n}": r for (s, n), r in results.items()}, raw, indent=1)
-    print_table(opts, results, syscalls, instructions)
+    if tcp_scenarios:
+        opts.scenarios = tcp_scenarios
+        print_table(opts, results, syscalls, instructions)
     if idle2x:
         print_idle2x(idle2x)
+    if udp_scenarios:
+        print_udp_table(opts, udp_scenarios, results, udp_syscalls)
+
+
+def print_udp_table(opts, scenarios, results, syscalls):
+    print(f"\nUDP: medians of {opts.rounds} rounds, {opts.duration:g} s measured each; server CPU "
+          "per echoed datagram; lost = not echoed within the load generator's --udp-timeout.\n")
+    print("| scenario | server | datagrams/s | server µs/datagram | syscalls/datagram | p50 µs | "
+          "p99 µs | lost | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)
+    for scenario in scenarios:
+        for name in opts.udp_servers:
+            runs = results.get((scenario, name), [])
+            pick = lambda key: median([r[key] for r in runs])
+            calls = syscalls.get(name) if scenario == "u2" else None
+            print(f"| {SCENARIOS[scenario][1]} | {name} | {fmt(pick('msgs_per_s'), ',.0f')} "
+                  f"| {fmt(pick('server_cpu_us_per_msg'), '.2f')} | {fmt(calls, '.3f')} "
+                  f"| {fmt(pick('p50_us'), '.0f')} | {fmt(pick('p99_us'), '.0f')} "
+                  f"| {fmt(pick('lost'), '.0f')} | {fmt(pick('errors'), '.0f')} |")
+    references = [n for n in opts.udp_servers if n != "echod"]
+    print("\nechod ÷ reference, server CPU per datagram, each ratio within one round, "
+          "median [lowest–highest]:\n")
+    print("| scenario | " + " | ".join(f"÷ {r}" for r in references) + " |")
+    print("|---|" + "---|" * len(references))
+    for scenario in scenarios:
+        cells = []
+        for reference in references:
+            ratios = round_ratios(results, scenario, "echod", reference, "server_cpu_us_per_msg")
+            cells.append(f"{statistics.median(ratios):.2f} [{min(ratios):.2f}–{max(ratios):.2f}]"
+                         if ratios else "–")
+        print(f"| {SCENARIOS[scenario][1]} | " + " | ".join(cells) + " |")
 
 
 def figures(scenario):
@@ -426,19 +496,48 @@ def print_table(opts, results, syscalls, instructions):
         print(f"| {SCENARIOS[scenario][1]} | " + " | ".join(cells) + " |")
 
 
+def open_descriptors(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def hold_idle(port, pid, count, seconds):
+    """A second load generator holding `count` idle connections to the server for about
+    `seconds`; returns once the server has them all (or the holder gave up)."""
+    if count <= 0:
+        return None
+    before = open_descriptors(pid)
+    holder = subprocess.Popen(loadgen_command(port, [], ["--idle", "--conns", str(count)],
+                                              seconds, 0),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while open_descriptors(pid) < before + count and time.monotonic() < deadline:
+        if holder.poll() is not None:
+            raise RuntimeError("the idle holder exited early")
+        time.sleep(0.1)
+    return holder
+
+
 def sweep(opts):
     """Cost and latency against connection count: the C10K problem, measured."""
     port = 21000
     results = {}  # (points, server) -> list of loadgen results, in round order
+    busy = opts.sweep_busy
     for conns in opts.sweep_points:
-        args = ["--conns", str(conns), "--size", "64"]
+        active = min(conns, busy) if busy else conns
+        args = ["--conns", str(active), "--size", "64"]
         for round_number in range(1, opts.rounds + 1):
             for name in opts.servers:
                 port += 1
                 server = Server(name, port, opts.anchors)
+                holder = None
                 try:
+                    holder = hold_idle(port, server.pid, conns - active,
+                                       opts.duration + opts.warmup + 30)
                     result = loadgen(port, server.pid, args, opts.duration, opts.warmup)
                 finally:
+                    if holder is not None:
+                        holder.kill()
+                        holder.wait()
                     server.stop()
                 results.setdefault((conns, name), []).append(result)
                 log(f"sweep {conns:>6} round {round_number} {name:10} "
@@ -446,7 +545,8 @@ def sweep(opts):
                     f"errors {result['errors'] + result['connect_failures']}")
     raw = {f"{conns}/{name}": runs for (conns, name), runs in results.items()}
     os.makedirs(DOCS, exist_ok=True)
-    with open(opts.json or os.path.join(DOCS, "sweep.json"), "w") as out:
+    opts.chart_prefix = f"sweep-busy{busy}" if busy else "sweep"
+    with open(opts.json or os.path.join(DOCS, f"{opts.chart_prefix}.json"), "w") as out:
         json.dump({"machine": machine(), "command": command_line(), "rounds": opts.rounds,
                    "duration": opts.duration, "results": raw}, out, indent=1)
     print_sweep(opts, results)
@@ -488,8 +588,10 @@ def summary(values, spec=".2f"):
 
 def print_sweep(opts, results):
     points = opts.sweep_points
+    held = (f" Only {opts.sweep_busy} connections busy; the rest held idle by a second load "
+            "generator." if opts.sweep_busy else "")
     print(f"Connection sweep, 64 B ping-pong, closed loop; medians of {opts.rounds} rounds, "
-          f"{opts.duration:g} s measured each; server on core 0, load generator on core 1.\n")
+          f"{opts.duration:g} s measured each; server on core 0, load generator on core 1.{held}\n")
     print("Server CPU µs per message:\n")
     print("| server | " + " | ".join(f"{p:,} conns" for p in points) + " |")
     print("|---|" + "---|" * len(points))
@@ -533,11 +635,14 @@ def plot_sweep(opts, results):
     matplotlib.rcParams["svg.hashsalt"] = "echod"  # stable ids: a re-run diffs only in data
 
     caption = f"{machine()}; {opts.rounds} rounds × {opts.duration:g} s; {command_line()}"
+    load = (f"{opts.sweep_busy} busy, the rest idle" if opts.sweep_busy
+            else "all busy, 64 B ping-pong, closed loop")
+    prefix = opts.chart_prefix
     charts = [
-        ("server_cpu_us_per_msg", 1, "server CPU per echoed message (µs)", "sweep-cpu.svg",
-         "Server CPU per message as connections grow (64 B ping-pong, closed loop)", "linear"),
-        ("p99_us", 1000, "p99 round-trip latency (ms, log scale)", "sweep-p99.svg",
-         "p99 latency as connections grow (64 B ping-pong, closed loop)", "log"),
+        ("server_cpu_us_per_msg", 1, "server CPU per echoed message (µs)", f"{prefix}-cpu.svg",
+         f"Server CPU per message as connections grow ({load})", "linear"),
+        ("p99_us", 1000, "p99 round-trip latency (ms, log scale)", f"{prefix}-p99.svg",
+         f"p99 latency as connections grow ({load})", "log"),
     ]
     styles = {"echod": ("tab:blue", "o"), "c-epoll": ("tab:green", "s"), "libuv": ("tab:orange", "^"),
               "tokio-ct": ("tab:purple", "D"), "echod-poll": ("tab:red", "v")}

@@ -10,8 +10,8 @@ use crate::config::{
     DEFAULT_UDP_RATE_PER_IP, Mode,
 };
 
-/// A single-threaded, readiness-based echo server (RFC 862) for TCP and Unix sockets, on a
-/// mio Poll loop.
+/// A single-threaded, readiness-based echo server (RFC 862) for TCP, UDP and Unix sockets,
+/// on a mio Poll loop.
 #[derive(Debug, Parser)]
 #[command(name = "echod", version, about)]
 pub struct Args {
@@ -27,8 +27,8 @@ pub struct Args {
     #[arg(long)]
     pub ipv6_only: bool,
 
-    /// Set SO_REUSEPORT on TCP listeners, so several echod processes (each started with
-    /// this flag) share one port; the kernel spreads new connections among them.
+    /// Set SO_REUSEPORT on TCP and UDP sockets, so several echod processes (each started
+    /// with this flag) share one port; the kernel spreads new connections among them.
     #[arg(long)]
     pub reuse_port: bool,
 

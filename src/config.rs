@@ -58,7 +58,7 @@ pub struct Config {
     pub systemd_notify: bool,
     /// Whether a wildcard IPv6 listener (`[::]`) refuses IPv4 clients.
     pub ipv6_only: bool,
-    /// `SO_REUSEPORT` on TCP listeners, so several processes can share a port.
+    /// `SO_REUSEPORT` on TCP and UDP sockets, so several processes can share a port.
     pub reuse_port: bool,
     /// Permission bits of the socket files created for `unix:PATH`.
     pub unix_mode: u32,

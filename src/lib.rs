@@ -1,4 +1,4 @@
-//! # echod: a single-threaded, readiness-based echo server (TCP and Unix sockets)
+//! # echod: a single-threaded, readiness-based echo server (TCP, UDP and Unix sockets)
 //!
 //! Every byte a client sends comes back on the same connection, in order, untouched
 //! (RFC 862), for thousands of clients at once on one thread, with bounded memory.
@@ -9,9 +9,11 @@
 //! - [`stream`]: the one seam between transports: a TCP or Unix stream, and who the peer is.
 //! - `pending`: a connection's unsent bytes; no buffer at all while nothing is owed.
 //! - `timers`: idle and stall timeouts as intrusive lists, O(1) per event.
-//! - [`listen`]: where listeners come from: `HOST:PORT`, `unix:PATH`, `unix:@NAME`, or
+//! - [`listen`]: where sockets come from: `HOST:PORT`, `udp:HOST:PORT`, `unix:PATH`, `unix:@NAME`, or
 //!   sockets inherited from systemd; all end as the same non-blocking [`listen::Listener`].
 //! - `notify`: readiness, status, stopping and watchdog messages to systemd.
+//! - `udp`: datagram echo on the same loop: batched receive and GSO send (`udp::batch`),
+//!   the guards against loops and reflection (`udp::guard`).
 //! - [`config`]: validated settings and their defaults; [`cli`]: the flags that build them.
 //! - [`stats`]: the counters the loop keeps and returns.
 //! - [`handle`]: stopping the loop, or reading its counters, from another thread.
