@@ -184,12 +184,22 @@ def sockstat_tcp():
     return None, None
 
 
+def slab_kib():
+    """The kernel's slab memory (socket, inode, file and dentry objects live there)."""
+    with open("/proc/meminfo") as info:
+        for line in info:
+            if line.startswith("Slab:"):
+                return int(line.split()[1])
+    return None
+
+
 def idle_two_processes(port, duration):
     """Two echod processes share one port (--reuse-port); two load generators, each from its
     own source address, hold IDLE2X_PER_PROCESS idle connections apiece, then ping each."""
     servers = [Server("echod", port, None, extra=["--reuse-port"]) for _ in range(2)]
     try:
         inuse_before, mem_before = sockstat_tcp()
+        slab_before = slab_kib()
         pids = [s.pid for s in servers]
         args = ["--idle", "--conns", str(IDLE2X_PER_PROCESS)]
         procs = [subprocess.Popen(
@@ -197,10 +207,11 @@ def idle_two_processes(port, duration):
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for i in range(2)]
         # Watch the kernel's side while the connections are held.
-        inuse_peak, mem_peak = inuse_before, mem_before
+        inuse_peak, mem_peak, slab_peak = inuse_before, mem_before, slab_before
         while any(p.poll() is None for p in procs):
             inuse, mem = sockstat_tcp()
             inuse_peak, mem_peak = max(inuse_peak, inuse), max(mem_peak, mem)
+            slab_peak = max(slab_peak, slab_kib())
             time.sleep(0.2)
         results = []
         for proc in procs:
@@ -220,6 +231,9 @@ def idle_two_processes(port, duration):
             "sockets_before": inuse_before, "sockets_peak": inuse_peak,
             "kernel_pages_before": mem_before, "kernel_pages_peak": mem_peak,
             "kernel_bytes_per_conn": (mem_peak - mem_before) * page / conns if conns else None,
+            "slab_kib_before": slab_before, "slab_kib_peak": slab_peak,
+            # Both ends of every connection are on this machine: two sockets each.
+            "slab_kib_per_conn": (slab_peak - slab_before) / conns if conns else None,
             "errors": sum(r["errors"] + r["connect_failures"] for r in results),
         }
     finally:
@@ -423,14 +437,19 @@ def print_idle2x(runs):
     print("\nTwo echod processes sharing one port (--reuse-port), idle connections held by two "
           "load generators (127.0.0.2 and 127.0.0.3), then pinged once each:\n")
     print("| round | connections | answered | errors | user RSS KiB/conn | kernel sockets | "
-          "kernel TCP mem pages (before → peak) | kernel bytes/conn |")
-    print("|---|---|---|---|---|---|---|---|")
+          "kernel TCP mem pages (before → peak) | TCP mem bytes/conn | kernel slab KiB/conn |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(runs, 1):
         user = "–" if r["user_kib_per_conn"] is None else f"{r['user_kib_per_conn']:.3f}"
         kernel = "–" if r["kernel_bytes_per_conn"] is None else f"{r['kernel_bytes_per_conn']:.1f}"
         print(f"| {i} | {r['conns']:,} | {r['answered']:,} | {r['errors']} | {user} "
               f"| {r['sockets_before']:,} → {r['sockets_peak']:,} "
-              f"| {r['kernel_pages_before']} → {r['kernel_pages_peak']} | {kernel} |")
+              f"| {r['kernel_pages_before']} → {r['kernel_pages_peak']} | {kernel} "
+              f"| {fmt_opt(r['slab_kib_per_conn'], '.2f')} |")
+
+
+def fmt_opt(value, spec):
+    return "–" if value is None else format(value, spec)
 
 
 def median(values):

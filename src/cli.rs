@@ -42,6 +42,11 @@ pub struct Args {
           value_parser = parse_datagram_size)]
     pub udp_max_datagram: usize,
 
+    /// Receive and send buffer asked for each UDP socket (the kernel caps it at
+    /// net.core.rmem_max / wmem_max). Suffixes K, M, G.
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_bytes)]
+    pub udp_buffer: usize,
+
     /// Answer UDP datagrams from source ports below 1024 (by default they get no reply:
     /// a reply to another service's port can start an endless loop). For a lab.
     #[arg(long)]
@@ -156,6 +161,7 @@ impl Args {
             reuse_port: self.reuse_port,
             unix_mode: self.unix_mode,
             udp_max_datagram: self.udp_max_datagram,
+            udp_buffer: self.udp_buffer,
             udp_allow_low_ports: self.udp_allow_low_ports,
             udp_rate_per_ip: (self.udp_rate_per_ip > 0).then_some(self.udp_rate_per_ip),
             backlog: self.backlog,

@@ -13,6 +13,9 @@ pub const DEFAULT_UDP_MAX_DATAGRAM: usize = 65_527;
 /// Datagrams per second one non-loopback source may have answered by default: plenty
 /// for any real client, and a ceiling on what a forged source can reflect at a victim.
 pub const DEFAULT_UDP_RATE_PER_IP: u32 = 1000;
+/// The receive and send buffer asked for each UDP socket: a burst of thousands of small
+/// datagrams fits (the kernel caps it at `net.core.rmem_max` / `wmem_max`).
+pub const DEFAULT_UDP_BUFFER: usize = 4 << 20;
 /// Permission bits of a `unix:PATH` socket file: owner and group may connect.
 pub const DEFAULT_UNIX_MODE: u32 = 0o660;
 /// Connections the kernel may queue before `accept` (mio's own default is only 128).
@@ -64,6 +67,8 @@ pub struct Config {
     pub unix_mode: u32,
     /// UDP datagrams larger than this are dropped whole (at most 65,527).
     pub udp_max_datagram: usize,
+    /// `SO_RCVBUF` / `SO_SNDBUF` asked for each UDP socket echod binds.
+    pub udp_buffer: usize,
     /// Answer UDP sources on ports below 1024 (off: the inetd guard against echo loops).
     pub udp_allow_low_ports: bool,
     /// Datagrams per second per non-loopback source (`None`: no limit).
@@ -114,6 +119,7 @@ impl Default for Config {
             reuse_port: false,
             unix_mode: DEFAULT_UNIX_MODE,
             udp_max_datagram: DEFAULT_UDP_MAX_DATAGRAM,
+            udp_buffer: DEFAULT_UDP_BUFFER,
             udp_allow_low_ports: false,
             udp_rate_per_ip: Some(DEFAULT_UDP_RATE_PER_IP),
             udp_rate_exempts_loopback: true,
@@ -144,6 +150,7 @@ impl Config {
             ipv6_only: self.ipv6_only,
             reuse_port: self.reuse_port,
             unix_mode: self.unix_mode,
+            udp_buffer: self.udp_buffer,
         }
     }
 

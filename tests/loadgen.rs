@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Output;
 
-use common::{TestServer, example};
+use common::{TestServer, example, json_field};
 
 fn loadgen(addr: impl ToString, args: &[&str]) -> (Output, String) {
     let out = example("loadgen")
@@ -17,20 +17,6 @@ fn loadgen(addr: impl ToString, args: &[&str]) -> (Output, String) {
         .unwrap();
     let json = String::from_utf8(out.stdout.clone()).unwrap();
     (out, json)
-}
-
-/// The integer (or float, truncated) value of `"key":` in a flat JSON line.
-fn field(json: &str, key: &str) -> u64 {
-    let start = json
-        .find(&format!("\"{key}\":"))
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + key.len()
-        + 3;
-    let digits: String = json[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().unwrap()
 }
 
 #[test]
@@ -52,10 +38,10 @@ fn a_clean_run_checks_every_byte_and_counts_what_the_server_counts() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{json}");
-    assert_eq!(field(&json, "conns"), 20);
-    assert_eq!(field(&json, "errors"), 0);
-    assert_eq!(field(&json, "connect_failures"), 0);
-    let msgs = field(&json, "msgs");
+    assert_eq!(json_field(&json, "conns"), 20);
+    assert_eq!(json_field(&json, "errors"), 0);
+    assert_eq!(json_field(&json, "connect_failures"), 0);
+    let msgs = json_field(&json, "msgs");
     assert!(msgs > 0, "{json}");
     let stats = server.wait_for("the load generator's connections to close", |s| {
         s.closed_total() == 20
@@ -91,10 +77,10 @@ fn unix_sockets_are_loaded_and_checked_the_same_way() {
             ],
         );
         assert_eq!(out.status.code(), Some(0), "{spec}: {json}");
-        assert_eq!(field(&json, "conns"), 10);
-        assert_eq!(field(&json, "errors"), 0);
-        assert!(field(&json, "msgs") > 0, "{json}");
-        msgs += field(&json, "msgs");
+        assert_eq!(json_field(&json, "conns"), 10);
+        assert_eq!(json_field(&json, "errors"), 0);
+        assert!(json_field(&json, "msgs") > 0, "{json}");
+        msgs += json_field(&json, "msgs");
     }
     let stats = server.wait_for("both runs' connections to close", |s| {
         s.closed_total() == 20
@@ -114,7 +100,7 @@ fn idle_mode_holds_every_connection_and_pings_each_once() {
         &["--conns", "300", "--idle", "--duration", "0.3"],
     );
     assert_eq!(out.status.code(), Some(0), "{json}");
-    assert_eq!(field(&json, "answered"), 300);
+    assert_eq!(json_field(&json, "answered"), 300);
     let stats = server.wait_for("all closed", |s| s.closed_total() == 300);
     assert_eq!(stats.peak_active, 300);
     assert_eq!((stats.bytes_in, stats.bytes_out), (300 * 64, 300 * 64));
@@ -146,7 +132,7 @@ fn a_corrupting_server_is_caught_and_fails_the_run() {
     });
     let (out, json) = loadgen(addr, &["--conns", "1", "--duration", "0.3"]);
     assert_eq!(out.status.code(), Some(1), "{json}");
-    assert_eq!(field(&json, "mismatches"), 1);
+    assert_eq!(json_field(&json, "mismatches"), 1);
 }
 
 #[test]
@@ -161,10 +147,10 @@ fn nobody_listening_is_a_counted_connect_failure() {
         &["--conns", "5", "--duration", "0.1"],
     );
     assert_eq!(out.status.code(), Some(1), "{json}");
-    assert_eq!(field(&json, "connect_failures"), 5);
-    assert_eq!(field(&json, "conns"), 0);
+    assert_eq!(json_field(&json, "connect_failures"), 5);
+    assert_eq!(json_field(&json, "conns"), 0);
     assert_eq!(
-        field(&json, "errors"),
+        json_field(&json, "errors"),
         0,
         "a failed connect is not also a reset"
     );
@@ -178,15 +164,15 @@ fn churn_counts_every_connection_the_server_counts() {
         &["--churn", "--conns", "8", "--duration", "0.5"],
     );
     assert_eq!(out.status.code(), Some(0), "{json}");
-    assert_eq!(field(&json, "errors"), 0);
-    assert_eq!(field(&json, "connect_failures"), 0);
-    let cycles = field(&json, "cycles");
+    assert_eq!(json_field(&json, "errors"), 0);
+    assert_eq!(json_field(&json, "connect_failures"), 0);
+    let cycles = json_field(&json, "cycles");
     assert!(cycles > 0, "{json}");
-    assert!(field(&json, "connect_p99_us") > 0, "{json}");
+    assert!(json_field(&json, "connect_p99_us") > 0, "{json}");
     // Every connection made (warm-up and measured window alike) reached the server (and
     // some more, begun as the run ended), and the server closed them all; each that
     // finished its cycle sent one whole message and got it back.
-    let made = field(&json, "conns");
+    let made = json_field(&json, "conns");
     let stats = server.wait_for("every churned connection to close", |s| {
         s.active == 0 && s.accepted >= made
     });
@@ -213,7 +199,7 @@ fn bind_spreads_connections_over_the_source_addresses_given() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{json}");
-    assert_eq!(field(&json, "answered"), 3);
+    assert_eq!(json_field(&json, "answered"), 3);
     let stats = server.stop();
     assert_eq!(stats.rejected_per_ip, 0);
     assert_eq!(stats.peak_active, 3);
@@ -233,7 +219,7 @@ fn bind_spreads_connections_over_the_source_addresses_given() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{json}");
-    assert!(field(&json, "cycles") > 0, "{json}");
+    assert!(json_field(&json, "cycles") > 0, "{json}");
 }
 
 #[test]
@@ -253,6 +239,6 @@ fn churn_catches_a_corrupting_server() {
     });
     let (out, json) = loadgen(addr, &["--churn", "--conns", "1", "--duration", "0.2"]);
     assert_eq!(out.status.code(), Some(1), "{json}");
-    assert!(field(&json, "mismatches") >= 1, "{json}");
-    assert_eq!(field(&json, "cycles"), 0);
+    assert!(json_field(&json, "mismatches") >= 1, "{json}");
+    assert_eq!(json_field(&json, "cycles"), 0);
 }

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{BinaryServer, IO_TIMEOUT, TestServer, pattern};
+use common::{BinaryServer, IO_TIMEOUT, TestServer, json_field, pattern};
 use echod::{Config, Mode, Stats};
 
 /// A UDP client bound to `from` (port 0: any), with a receive timeout and room for the
@@ -407,21 +407,6 @@ fn the_tutorial_client_speaks_udp() {
     );
 }
 
-/// The integer value of `"key":` in the load generator's JSON line.
-fn field(json: &str, key: &str) -> u64 {
-    let start = json
-        .find(&format!("\"{key}\":"))
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + key.len()
-        + 3;
-    json[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
-
 fn udp_loadgen(addr: SocketAddr, args: &[&str]) -> (std::process::Output, String) {
     let out = common::example("loadgen")
         .args([
@@ -456,8 +441,8 @@ fn the_load_generator_checks_every_datagram() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{json}");
-    assert_eq!(field(&json, "errors"), 0);
-    let msgs = field(&json, "msgs");
+    assert_eq!(json_field(&json, "errors"), 0);
+    let msgs = json_field(&json, "msgs");
     assert!(msgs > 0, "{json}");
     let stats = server.stop();
     // Every datagram counted came back through the server, whole.
@@ -493,5 +478,5 @@ fn the_load_generator_catches_a_corrupting_udp_server() {
     });
     let (out, json) = udp_loadgen(addr, &["--conns", "1", "--duration", "0.3"]);
     assert_eq!(out.status.code(), Some(1), "{json}");
-    assert_eq!(field(&json, "mismatches"), 1);
+    assert_eq!(json_field(&json, "mismatches"), 1);
 }

@@ -263,6 +263,15 @@ fn unsend(flow: &mut Flow, count: usize) {
     }
 }
 
+/// A libc call's return value as a result: negative means `errno` says what went wrong.
+fn syscall_result(rc: isize) -> io::Result<usize> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
 fn ns_since(epoch: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(epoch).as_nanos() as u64
 }
@@ -326,12 +335,9 @@ impl Buffers {
         let headers = self.headers.as_mut_ptr();
         // SAFETY: the headers point into buffers owned by `self`, alive for the call.
         let n = socket.try_io(|| {
-            let rc = unsafe { libc::recvmmsg(fd, headers, BATCH as _, 0, std::ptr::null_mut()) };
-            if rc < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(rc as usize)
-            }
+            syscall_result(unsafe {
+                libc::recvmmsg(fd, headers, BATCH as _, 0, std::ptr::null_mut())
+            } as isize)
         })?;
         for k in 0..n {
             self.lens[k] = (self.headers[k].msg_len as usize).min(self.slot);
@@ -354,12 +360,7 @@ impl Buffers {
         let headers = self.headers.as_mut_ptr();
         // SAFETY: as in `receive`.
         socket.try_io(|| {
-            let rc = unsafe { libc::sendmmsg(fd, headers, count as _, 0) };
-            if rc < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(rc as usize)
-            }
+            syscall_result(unsafe { libc::sendmmsg(fd, headers, count as _, 0) } as isize)
         })
     }
 }

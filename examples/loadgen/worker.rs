@@ -157,6 +157,10 @@ impl Target {
                 use socket2::{Domain, Socket as RawSocket, Type};
                 let socket = RawSocket::new(Domain::for_address(*addr), Type::STREAM, None)?;
                 socket.set_nonblocking(true)?;
+                // Let connect() pick the port for the whole 4-tuple, as an unbound socket's
+                // would: bind() alone reserves a port for the address against everyone,
+                // and runs dry (and stalls) long before the ephemeral range does.
+                bind_address_no_port(&socket)?;
                 socket.bind(&SocketAddr::new(ip, 0).into())?;
                 match socket.connect(&(*addr).into()) {
                     Ok(()) => {}
@@ -168,6 +172,27 @@ impl Target {
             (Target::Unix(addr), _) => UnixStream::connect_addr(addr).map(Socket::Unix),
             (Target::Udp(_), _) => Err(io::Error::other("UDP flows are run by udp.rs")),
         }
+    }
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2+): bind the address now, the port at connect().
+fn bind_address_no_port(socket: &socket2::Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid c_int for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 

@@ -61,21 +61,15 @@ pub fn take_all() -> Result<Inherited, ListenError> {
         let Some(socket) = take_one(&mut passed, index).map_err(error)? else {
             continue;
         };
-        if let Passed::Udp(socket) = socket {
-            match adopt_udp(socket) {
-                Ok((socket, addr)) => {
-                    info!("adopted {described}: udp:{addr}");
-                    datagrams.push(Datagram { socket, addr, name });
-                }
-                Err(why) => warn!("{described}: {why}; skipped"),
-            }
-            continue;
-        }
         match adopt(socket) {
-            Ok((socket, endpoint)) => {
+            Ok(Adopted::Stream(socket, endpoint)) => {
                 let listener = Listener::inherited(socket, endpoint, name);
                 info!("adopted {described}: {}", listener.endpoint);
                 listeners.push(listener);
+            }
+            Ok(Adopted::Datagram(socket, addr)) => {
+                info!("adopted {described}: udp:{addr}");
+                datagrams.push(Datagram { socket, addr, name });
             }
             Err(why) => warn!("{described}: {why}; skipped"),
         }
@@ -123,39 +117,43 @@ fn take_one(passed: &mut ListenFd, index: usize) -> io::Result<Option<Passed>> {
     }
 }
 
-/// Checks that a passed stream socket is listening, and makes it non-blocking for mio.
-fn adopt(passed: Passed) -> Result<(ListenSocket, Endpoint), String> {
+/// A passed socket ready for the loop.
+enum Adopted {
+    Stream(ListenSocket, Endpoint),
+    Datagram(mio::net::UdpSocket, std::net::SocketAddr),
+}
+
+/// Makes a passed socket non-blocking for mio, after checking a stream socket is
+/// listening; a UDP socket is asked for what the batch receiver reads.
+fn adopt(passed: Passed) -> Result<Adopted, String> {
+    let text = |err: io::Error| err.to_string();
     match passed {
         Passed::Tcp(listener) => {
             ensure_listening(&listener)?;
-            listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            listener.set_nonblocking(true).map_err(text)?;
+            let addr = listener.local_addr().map_err(text)?;
             let socket = ListenSocket::Tcp(TcpListener::from_std(listener));
-            Ok((socket, Endpoint::Tcp(super::canonical(addr))))
+            Ok(Adopted::Stream(
+                socket,
+                Endpoint::Tcp(super::canonical(addr)),
+            ))
         }
         Passed::Unix(listener) => {
             ensure_listening(&listener)?;
-            listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            listener.set_nonblocking(true).map_err(text)?;
             let endpoint = unix_endpoint(&listener);
-            Ok((
-                ListenSocket::Unix(UnixListener::from_std(listener)),
-                endpoint,
-            ))
+            let socket = ListenSocket::Unix(UnixListener::from_std(listener));
+            Ok(Adopted::Stream(socket, endpoint))
+        }
+        Passed::Udp(socket) => {
+            socket.set_nonblocking(true).map_err(text)?;
+            let socket = mio::net::UdpSocket::from_std(socket);
+            super::udp::adopt(&socket).map_err(text)?;
+            let addr = socket.local_addr().map_err(text)?;
+            Ok(Adopted::Datagram(socket, addr))
         }
         Passed::Other(what) => Err(format!("is {what}")),
-        Passed::Udp(_) => unreachable!("UDP sockets are adopted by adopt_udp"),
     }
-}
-
-/// A passed UDP socket, non-blocking, asking for what the batch receiver reads.
-fn adopt_udp(
-    socket: std::net::UdpSocket,
-) -> Result<(mio::net::UdpSocket, std::net::SocketAddr), String> {
-    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let socket = mio::net::UdpSocket::from_std(socket);
-    super::udp::adopt(&socket).map_err(|e| e.to_string())?;
-    let addr = socket.local_addr().map_err(|e| e.to_string())?;
-    Ok((socket, addr))
 }
 
 /// A connected socket (a unit with `Accept=yes`) would make `accept` fail forever.

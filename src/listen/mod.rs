@@ -36,6 +36,8 @@ pub struct BindOptions {
     pub reuse_port: bool,
     /// Permission bits of the socket files echod creates for `unix:PATH`.
     pub unix_mode: u32,
+    /// Receive and send buffer size asked for each UDP socket (`SO_RCVBUF`, `SO_SNDBUF`).
+    pub udp_buffer: usize,
 }
 
 /// A failure to set up listening, naming the address it concerns.

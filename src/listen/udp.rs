@@ -37,6 +37,19 @@ fn bind_one(addr: SocketAddr, options: &BindOptions) -> io::Result<UdpSocket> {
     if addr.is_ipv6() {
         socket.set_only_v6(options.ipv6_only)?;
     }
+    // A burst that outruns one turn of the loop waits in the receive queue, and replies in
+    // the send queue: the default (~200 KiB, a few hundred small datagrams) drops bursts
+    // that a larger queue rides out. A limit, not an allocation; the kernel caps it at
+    // net.core.rmem_max / wmem_max.
+    if let Err(err) = socket
+        .set_recv_buffer_size(options.udp_buffer)
+        .and_then(|()| socket.set_send_buffer_size(options.udp_buffer))
+    {
+        log::warn!(
+            "udp:{addr}: cannot size its buffers to {} bytes: {err}",
+            options.udp_buffer
+        );
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     let socket = UdpSocket::from_std(socket.into());

@@ -28,6 +28,8 @@ use std::os::fd::AsRawFd;
 use mio::net::UdpSocket;
 use socket2::SockAddr;
 
+/// Slots start on boundaries of this many bytes.
+const PAGE: usize = 4096;
 /// Datagrams taken per `recvmmsg`.
 pub(crate) const BATCH: usize = 32;
 /// The largest UDP payload there is (IPv6; IPv4's is 65,507).
@@ -80,10 +82,17 @@ pub(crate) struct Sent {
 
 /// The loop's receive slots and the headers for one `recvmmsg` / `sendmmsg`.
 pub(crate) struct Batch {
-    /// `BATCH` slots of `slot_size` bytes, back to back.
+    /// `BATCH` slots, each starting on a page boundary (see `first_slot`).
     buffers: Box<[u8]>,
+    /// Where slot 0 starts in `buffers`: the first page-aligned byte.
+    first_slot: usize,
     /// Bytes per slot: the largest datagram allowed plus one, so an oversize one shows.
     slot_size: usize,
+    /// Distance between slots: `slot_size` rounded up to whole pages. The kernel copies
+    /// each datagram into its slot, and copies to a misaligned destination run markedly
+    /// slower for large datagrams (measured here: 32 KiB echoes cost ~1.5× with a
+    /// 65,528-byte stride).
+    slot_stride: usize,
     /// The fixed reply of `--mode ack`, sent from here instead of a slot.
     fixed_reply: &'static [u8],
     /// Source address of each slot's datagram, as the kernel wrote it.
@@ -106,6 +115,9 @@ impl Batch {
     /// Slots for datagrams of up to `max_datagram` bytes.
     pub(crate) fn new(max_datagram: usize, fixed_reply: &'static [u8]) -> Batch {
         let slot_size = max_datagram.min(MAX_DATAGRAM) + 1;
+        let slot_stride = slot_size.next_multiple_of(PAGE);
+        let buffers = vec![0u8; BATCH * slot_stride + PAGE].into_boxed_slice();
+        let first_slot = buffers.as_ptr().align_offset(PAGE);
         // SAFETY: all-zero is a valid value of these plain C structs.
         let zero_name: libc::sockaddr_storage = unsafe { zeroed() };
         let zero_header: libc::mmsghdr = unsafe { zeroed() };
@@ -114,8 +126,10 @@ impl Batch {
             iov_len: 0,
         };
         Batch {
-            buffers: vec![0; BATCH * slot_size].into_boxed_slice(),
+            buffers,
+            first_slot,
             slot_size,
+            slot_stride,
             fixed_reply,
             names: vec![zero_name; BATCH].into_boxed_slice(),
             name_lens: vec![0; BATCH].into_boxed_slice(),
@@ -130,7 +144,7 @@ impl Batch {
 
     /// The bytes of slot `slot`'s datagram (what fit of it).
     pub(crate) fn datagram(&self, slot: usize) -> &[u8] {
-        let start = slot * self.slot_size;
+        let start = self.first_slot + slot * self.slot_stride;
         &self.buffers[start..start + self.arrived[slot].len]
     }
 
@@ -148,7 +162,9 @@ impl Batch {
     pub(crate) fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         for i in 0..BATCH {
             self.iovecs[i] = libc::iovec {
-                iov_base: self.buffers[i * self.slot_size..].as_mut_ptr().cast(),
+                iov_base: self.buffers[self.first_slot + i * self.slot_stride..]
+                    .as_mut_ptr()
+                    .cast(),
                 iov_len: self.slot_size,
             };
             let header = &mut self.headers[i];
@@ -166,12 +182,9 @@ impl Batch {
         // SAFETY: every header points into buffers owned by `self`, sized as declared, and
         // alive for the call; recvmmsg writes at most BATCH headers.
         let n = socket.try_io(|| {
-            let rc = unsafe { libc::recvmmsg(fd, headers, BATCH as _, 0, std::ptr::null_mut()) };
-            if rc < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(rc as usize)
-            }
+            syscall_result(unsafe {
+                libc::recvmmsg(fd, headers, BATCH as _, 0, std::ptr::null_mut())
+            } as isize)
         })?;
         self.arrived.clear();
         for i in 0..n {
@@ -218,12 +231,7 @@ impl Batch {
             let headers = self.headers.as_mut_ptr();
             // SAFETY: as in `receive`: headers point into `self`, alive for the call.
             let result = socket.try_io(|| {
-                let rc = unsafe { libc::sendmmsg(fd, headers, messages as _, 0) };
-                if rc < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(rc as usize)
-                }
+                syscall_result(unsafe { libc::sendmmsg(fd, headers, messages as _, 0) } as isize)
             });
             sent.calls += 1;
             match result {
@@ -280,14 +288,8 @@ impl Batch {
             let fd = socket.as_raw_fd();
             let header = &raw mut self.headers[0].msg_hdr;
             // SAFETY: as in `receive`.
-            let result = socket.try_io(|| {
-                let rc = unsafe { libc::sendmsg(fd, header, 0) };
-                if rc < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(rc as usize)
-                }
-            });
+            let result =
+                socket.try_io(|| syscall_result(unsafe { libc::sendmsg(fd, header, 0) } as isize));
             sent.calls += 1;
             match result {
                 Ok(_) => {
@@ -545,6 +547,15 @@ fn write_send_controls(
             None => {}
         }
         total
+    }
+}
+
+/// A libc call's return value as a result: negative means `errno` says what went wrong.
+pub(crate) fn syscall_result(rc: isize) -> io::Result<usize> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
     }
 }
 

@@ -311,3 +311,19 @@ pub fn example(name: &str) -> std::process::Command {
     );
     std::process::Command::new(path)
 }
+
+/// The integer (or float, truncated) value of `"key":` in a flat JSON line, as the load
+/// generator prints it.
+#[track_caller]
+pub fn json_field(json: &str, key: &str) -> u64 {
+    let start = json
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + key.len()
+        + 3;
+    let digits: String = json[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().unwrap()
+}
