@@ -619,7 +619,7 @@ impl EventLoop {
                 return; // closed by shutdown earlier in this batch
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => self.admit(index, stream, peer),
                 Err(err) if would_block(&err) => {
                     trace!("listener {index}: accept WouldBlock");
                     return;
@@ -639,7 +639,7 @@ impl EventLoop {
     }
 
     /// A new client: turn it away if a cap says so, else register it and give it a slot.
-    fn admit(&mut self, mut stream: Stream, peer: Peer) {
+    fn admit(&mut self, listener: usize, mut stream: Stream, peer: Peer) {
         if self.connections.len() >= self.config.max_connections {
             return self.reject(stream, peer, RejectReason::MaxConnections);
         }
@@ -671,7 +671,10 @@ impl EventLoop {
         if self.config.idle_timeout.is_some() {
             self.idle.touch(&mut self.connections, key, self.now);
         }
-        debug!("accepted {peer} as token {key}");
+        if log::log_enabled!(log::Level::Debug) {
+            let on = &self.listeners[listener];
+            debug!("accepted {peer} on {on} as token {key}");
+        }
     }
 
     /// Closes a just-accepted connection at once: the client sees EOF.
