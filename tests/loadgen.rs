@@ -5,19 +5,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::Output;
 
-use common::{TestServer, example, json_field};
-
-fn loadgen(addr: impl ToString, args: &[&str]) -> (Output, String) {
-    let out = example("loadgen")
-        .args(["--addr", &addr.to_string(), "--json", "--warmup", "0"])
-        .args(args)
-        .output()
-        .unwrap();
-    let json = String::from_utf8(out.stdout.clone()).unwrap();
-    (out, json)
-}
+use common::{TestServer, json_field, loadgen};
 
 #[test]
 fn a_clean_run_checks_every_byte_and_counts_what_the_server_counts() {

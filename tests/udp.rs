@@ -408,20 +408,7 @@ fn the_tutorial_client_speaks_udp() {
 }
 
 fn udp_loadgen(addr: SocketAddr, args: &[&str]) -> (std::process::Output, String) {
-    let out = common::example("loadgen")
-        .args([
-            "--udp",
-            "--addr",
-            &addr.to_string(),
-            "--json",
-            "--warmup",
-            "0",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    let json = String::from_utf8(out.stdout.clone()).unwrap();
-    (out, json)
+    common::loadgen(addr, &[&["--udp"], args].concat())
 }
 
 #[test]

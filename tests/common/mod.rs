@@ -327,3 +327,15 @@ pub fn json_field(json: &str, key: &str) -> u64 {
         .collect();
     digits.parse().unwrap()
 }
+
+/// Runs the load generator against `addr` (no warm-up, JSON out); returns its output and
+/// its JSON line.
+pub fn loadgen(addr: impl ToString, args: &[&str]) -> (std::process::Output, String) {
+    let out = example("loadgen")
+        .args(["--addr", &addr.to_string(), "--json", "--warmup", "0"])
+        .args(args)
+        .output()
+        .unwrap();
+    let json = String::from_utf8(out.stdout.clone()).unwrap();
+    (out, json)
+}
