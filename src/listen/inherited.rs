@@ -63,7 +63,7 @@ pub fn take_all() -> Result<Inherited, ListenError> {
         };
         match adopt(socket) {
             Ok(Adopted::Stream(socket, endpoint)) => {
-                let listener = Listener::inherited(socket, endpoint, name);
+                let listener = Listener::new(socket, endpoint, name, None);
                 info!("adopted {described}: {}", listener.endpoint);
                 listeners.push(listener);
             }

@@ -132,11 +132,6 @@ impl Listener {
             }
         }
     }
-
-    /// Whether the per-IP cap and TCP options apply to its clients.
-    pub fn is_tcp(&self) -> bool {
-        matches!(self.socket, ListenSocket::Tcp(_))
-    }
 }
 
 impl fmt::Display for Listener {
@@ -246,12 +241,12 @@ pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Bound, Listen
         match parsed {
             ListenSpec::Tcp(spec) => {
                 for (socket, addr) in tcp::bind_spec(&spec, options, &mut seen)? {
-                    listeners.push(Listener {
-                        socket: ListenSocket::Tcp(socket),
-                        endpoint: Endpoint::Tcp(addr),
-                        name: None,
-                        _file: None,
-                    });
+                    listeners.push(Listener::new(
+                        ListenSocket::Tcp(socket),
+                        Endpoint::Tcp(addr),
+                        None,
+                        None,
+                    ));
                 }
             }
             ListenSpec::Udp(spec) => {
@@ -265,21 +260,21 @@ pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Bound, Listen
             }
             ListenSpec::UnixPath(path) => {
                 let (socket, file) = unix::bind_path(&path, options)?;
-                listeners.push(Listener {
-                    socket: ListenSocket::Unix(socket),
-                    endpoint: Endpoint::UnixPath(path),
-                    name: None,
-                    _file: Some(file),
-                });
+                listeners.push(Listener::new(
+                    ListenSocket::Unix(socket),
+                    Endpoint::UnixPath(path),
+                    None,
+                    Some(file),
+                ));
             }
             ListenSpec::UnixAbstract(name) => {
                 let socket = unix::bind_abstract(&name, options)?;
-                listeners.push(Listener {
-                    socket: ListenSocket::Unix(socket),
-                    endpoint: Endpoint::UnixAbstract(name),
-                    name: None,
-                    _file: None,
-                });
+                listeners.push(Listener::new(
+                    ListenSocket::Unix(socket),
+                    Endpoint::UnixAbstract(name),
+                    None,
+                    None,
+                ));
             }
         }
     }
@@ -290,17 +285,19 @@ pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Bound, Listen
 }
 
 impl Listener {
-    /// An inherited socket: nothing to remove at exit, it belongs to whoever passed it.
-    pub(crate) fn inherited(
+    /// `file`: the socket file echod created for it (removed again when it is dropped);
+    /// `None` for TCP, abstract names and anything inherited, which is not echod's to remove.
+    fn new(
         socket: ListenSocket,
         endpoint: Endpoint,
         name: Option<String>,
+        file: Option<SocketFile>,
     ) -> Self {
         Listener {
             socket,
             endpoint,
             name,
-            _file: None,
+            _file: file,
         }
     }
 }

@@ -294,7 +294,11 @@ impl Datagrams {
                 Ok(()) => {}
             }
             if self.settings.print {
-                print_heard(canonical(arrived.source), self.batch.datagram(slot));
+                // An IPv4 sender on a dual-stack socket is shown as the IPv4 address it is.
+                print_heard(
+                    crate::listen::canonical(arrived.source),
+                    self.batch.datagram(slot),
+                );
             }
             match self.settings.mode {
                 Mode::Echo => self.replies.push(Reply {
@@ -370,9 +374,4 @@ fn concerns_one_datagram(err: &io::Error) -> bool {
                 | libc::EPERM
         )
     )
-}
-
-/// An IPv4 sender on a dual-stack socket, shown as the IPv4 address it is.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    crate::listen::canonical(addr)
 }
