@@ -2,8 +2,9 @@
 """Benchmark echod against the reference echo servers, side by side, on this machine.
 
 Builds echod, its load generator and the references (../shared/bench), then for each
-scenario runs every server in turn, round after round (A B C A B C ...), each server pinned
-to one core and the load generator to the other, and prints a Markdown table of medians:
+scenario runs every server in turn, round after round, each round starting one server
+later (A B C, B C A, C A B ...) so none always goes first; each server is pinned to one
+core and the load generator to the other. It prints a Markdown table of medians:
 msgs/s, server CPU µs per message (from /proc/PID/stat at the window's edges, measured by
 the load generator), syscalls per message (strace -c -f over a separate short run), p50 and
 p99 latency, peak RSS, and RSS per idle connection.
@@ -76,6 +77,13 @@ SWEEP_SERVERS = ["echod", "c-epoll", "libuv", "tokio-ct", "echod-poll"]
 # address (about 28,000 ports each) and per descriptor limit (20,000).
 IDLE2X_PER_PROCESS = 19000
 DEFAULT_SERVERS = ["echod", "c-epoll", "libuv", "tokio-ct"]
+
+
+def in_turn(servers, round_number):
+    """The servers in this round's order: each round starts one later than the last, so
+    no server always runs first (right after start-up or after a given neighbour)."""
+    shift = (round_number - 1) % len(servers)
+    return servers[shift:] + servers[:shift]
 
 
 def log(*parts):
@@ -347,7 +355,7 @@ def main():
         udp = scenario in UDP_SCENARIOS
         servers = opts.udp_servers if udp else opts.servers
         for round_number in range(1, opts.rounds + 1):
-            for name in servers:
+            for name in in_turn(servers, round_number):
                 port += 1
                 server = Server(name, port, opts.anchors, udp=udp)
                 try:
@@ -553,7 +561,7 @@ def sweep(opts):
         active = min(conns, busy) if busy else conns
         args = ["--conns", str(active), "--size", "64"]
         for round_number in range(1, opts.rounds + 1):
-            for name in opts.servers:
+            for name in in_turn(opts.servers, round_number):
                 port += 1
                 server = Server(name, port, opts.anchors)
                 holder = None
