@@ -835,7 +835,8 @@ impl EventLoop {
 
     /// One line of counters: `label key=value …` at info, or with `--stats-json` a bare JSON
     /// object on stdout, so scripts need no log parsing.
-    fn log_stats(&self, label: &str) {
+    fn log_stats(&mut self, label: &str) {
+        self.udp.count_queue_drops(&mut self.stats);
         if self.config.stats_json {
             // Not println!: a closed stdout (`echod --stats-json | head -1`) must not panic
             // the server. The stats are lost, the echo goes on.
@@ -859,6 +860,7 @@ impl EventLoop {
         while let Ok(request) = self.inbox.try_recv() {
             match request {
                 Request::Stats(reply_to) => {
+                    self.udp.count_queue_drops(&mut self.stats);
                     // The asker may have given up waiting: nothing to do about that.
                     let _ = reply_to.send(self.stats.clone());
                 }
@@ -923,7 +925,8 @@ impl EventLoop {
         let deadline = self.now + self.config.shutdown_timeout;
         self.phase = Phase::Draining { deadline };
         self.listeners.clear();
-        // UDP has nothing to drain: its sockets simply close.
+        // UDP has nothing to drain: its sockets simply close (their drops counted first).
+        self.udp.count_queue_drops(&mut self.stats);
         self.udp.sockets.clear();
         self.accept_retry_at = None;
         let stopping = format!(

@@ -119,7 +119,8 @@ pub struct Stats {
     /// Datagrams larger than `--udp-max-datagram`: dropped whole, never cut.
     pub udp_dropped_oversize: u64,
     /// Datagrams the kernel dropped because the receive queue was full: echod had stopped
-    /// reading while its replies waited for a full send buffer (`SO_RXQ_OVFL`).
+    /// reading while its replies waited for a full send buffer (`SO_MEMINFO`, read when the
+    /// counters are reported).
     pub udp_dropped_queue_full: u64,
     /// Replies the kernel refused with an error (`EMSGSIZE`, `ENOBUFS`, ICMP errors, …).
     pub udp_dropped_error: u64,

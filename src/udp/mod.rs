@@ -11,7 +11,9 @@
 //!    So at most one batch is ever held, whatever arrives.
 //! 2. **Drain in batches** ([`batch`]): `recvmmsg` until `WouldBlock`, up to a budget per
 //!    turn, after which the loop comes back (the revisit list), so a flood on one socket
-//!    cannot starve TCP clients or the other sockets.
+//!    cannot starve TCP clients or the other sockets. A socket whose last wake-up brought a
+//!    single datagram is read one datagram at a time (`recvfrom`, cheaper for one) until a
+//!    wake-up finds a second waiting: then batches again.
 //! 3. **Judge each datagram** ([`guard`]): oversize, a source no reply may go to, over its
 //!    source's rate: dropped and counted by reason. What remains is answered, as runs of
 //!    same-size replies to one peer per GSO message.
@@ -63,7 +65,10 @@ pub(crate) struct UdpEndpoint {
     owed: Vec<OwedReply>,
     /// What the socket is registered for now: READABLE, or WRITABLE while owing.
     registered: Interest,
-    /// The kernel's receive-queue drop counter as last seen (`SO_RXQ_OVFL`).
+    /// Datagrams have been arriving one per wake-up: read them singly (never on a wildcard
+    /// bind, whose replies need each datagram's PKTINFO).
+    one_at_a_time: bool,
+    /// The kernel's receive-queue drop counter as last seen (`SO_MEMINFO`).
     queue_drops_seen: u32,
 }
 
@@ -81,6 +86,7 @@ impl UdpEndpoint {
             local,
             owed: Vec::new(),
             registered: Interest::READABLE,
+            one_at_a_time: false,
             queue_drops_seen: 0,
         }
     }
@@ -183,14 +189,38 @@ impl Datagrams {
         served
     }
 
+    /// Adds what the kernel dropped from full receive queues since last asked: called just
+    /// before the counters are reported (a system call per socket, so not per datagram).
+    pub(crate) fn count_queue_drops(&mut self, stats: &mut Stats) {
+        for endpoint in &mut self.sockets {
+            match batch::queue_drops(&endpoint.socket) {
+                Ok(total) => {
+                    stats.udp_dropped_queue_full +=
+                        u64::from(total.wrapping_sub(endpoint.queue_drops_seen));
+                    endpoint.queue_drops_seen = total;
+                }
+                Err(err) => debug!("udp {}: SO_MEMINFO: {err}", endpoint.local),
+            }
+        }
+    }
+
     /// Receives and answers batches until `WouldBlock`, a full send buffer, or the budget.
     fn drain(&mut self, index: usize, stats: &mut Stats, now: Instant) -> Served {
-        for _ in 0..BATCHES_PER_TURN {
+        for turn in 0..BATCHES_PER_TURN {
             let endpoint = &mut self.sockets[index];
-            let received = match self.batch.receive(&endpoint.socket) {
+            let singly = endpoint.one_at_a_time;
+            let result = if singly {
+                self.batch.receive_one(&endpoint.socket)
+            } else {
+                self.batch.receive(&endpoint.socket)
+            };
+            let received = match result {
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    trace!("udp {index}: recvmmsg WouldBlock");
+                    trace!(
+                        "udp {index}: {} WouldBlock",
+                        if singly { "recvfrom" } else { "recvmmsg" }
+                    );
                     return Served::Done;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -207,11 +237,13 @@ impl Datagrams {
                     return Served::Done;
                 }
             };
-            if let Some(total) = self.batch.queue_drops.take() {
-                stats.udp_dropped_queue_full +=
-                    u64::from(total.wrapping_sub(endpoint.queue_drops_seen));
-                endpoint.queue_drops_seen = total;
-            }
+            // One datagram at the first receive of a wake-up: expect one next time too. A
+            // second datagram waiting in the same wake-up: back to batches.
+            endpoint.one_at_a_time = if singly {
+                turn == 0
+            } else {
+                turn == 0 && received == 1 && !endpoint.local.ip().is_unspecified()
+            };
             trace!("udp {index}: received a batch of {received}");
             self.judge(stats, now);
             let fixed = self.settings.mode == Mode::Ack;
@@ -250,7 +282,7 @@ impl Datagrams {
                 }
                 return Served::Done;
             }
-            if received < batch::BATCH && crate::connection::SHORT_READ_MEANS_DRAINED {
+            if !singly && received < batch::BATCH && crate::connection::SHORT_READ_MEANS_DRAINED {
                 // A short batch: the queue ran dry just now, and on epoll and kqueue the
                 // next datagram raises a fresh edge (elsewhere, read on to WouldBlock,
                 // which re-arms the socket; see SHORT_READ_MEANS_DRAINED).
