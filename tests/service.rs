@@ -142,7 +142,17 @@ fn socket_activation_serves_the_tcp_and_unix_sockets_systemd_passes() {
     round_trip(&mut tcp, b"Hello, world");
     let mut unix = connect_unix(path_text);
     round_trip(&mut unix, "汉语/漢語 Hànyǔ".as_bytes());
-    let log = running.log.wait_for("listening on 127.0.0.1:");
+    // echod logs each listener in turn; its own comes after the two it inherited.
+    let own_listener = |line: &str| {
+        line.split_once("listening on ")
+            .and_then(|(_, rest)| rest.parse::<SocketAddr>().ok())
+            .filter(|addr| addr.port() != port)
+    };
+    let log = running
+        .log
+        .wait_until("line for echod's own listener", |text| {
+            text.lines().any(|line| own_listener(line).is_some())
+        });
     assert!(
         log.contains(&format!(
             "adopted inherited socket 0 (\"echo-tcp\"): 127.0.0.1:{port}"
@@ -155,11 +165,9 @@ fn socket_activation_serves_the_tcp_and_unix_sockets_systemd_passes() {
         )),
         "{log}"
     );
-    let own: SocketAddr = log
+    let own = log
         .lines()
-        .filter_map(|line| line.split_once("listening on ").map(|(_, rest)| rest))
-        .filter_map(|rest| rest.parse().ok())
-        .find(|addr: &SocketAddr| addr.port() != port)
+        .find_map(own_listener)
         .expect("echod's own --listen socket");
     round_trip(&mut connect(own), b"and its own socket too");
     drop((tcp, unix));

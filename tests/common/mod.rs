@@ -182,16 +182,19 @@ impl LogLines {
     /// Waits (with a deadline) until the log contains `needle`; returns all of it.
     #[track_caller]
     pub fn wait_for(&self, needle: &str) -> String {
+        self.wait_until(&format!("{needle:?}"), |text| text.contains(needle))
+    }
+
+    /// Waits (with a deadline) until `condition` holds of the log; returns all of it.
+    #[track_caller]
+    pub fn wait_until(&self, what: &str, condition: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + IO_TIMEOUT;
         loop {
             let text = self.text();
-            if text.contains(needle) {
+            if condition(&text) {
                 return text;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in the log:\n{text}"
-            );
+            assert!(Instant::now() < deadline, "no {what} in the log:\n{text}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
