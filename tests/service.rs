@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BinaryServer, IO_TIMEOUT, LogLines, connect, connect_unix, round_trip};
+use common::{BinaryServer, IO_TIMEOUT, LogLines, connect, connect_unix, round_trip, wait_until};
 
 const ECHOD: &str = env!("CARGO_BIN_EXE_echod");
 
@@ -66,14 +66,12 @@ impl Running {
 
     #[track_caller]
     fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "no exit:\n{}", self.log.text());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(|| {
+            self.child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| format!("no exit:\n{}", self.log.text()))
+        })
     }
 }
 
@@ -346,20 +344,16 @@ fn a_notify_socket_pointing_nowhere_is_a_warning_not_a_failure() {
 /// The `accepted=` counter from a SIGUSR1 stats line.
 fn accepted_so_far(server: &BinaryServer, nth_line: usize) -> u64 {
     server.signal(libc::SIGUSR1);
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
+    let line = wait_until(|| {
         let log = server.log.text();
-        let lines: Vec<&str> = log
-            .lines()
+        log.lines()
             .filter(|l| l.contains(" stats accepted="))
-            .collect();
-        if let Some(line) = lines.get(nth_line) {
-            let value = line.split("accepted=").nth(1).unwrap();
-            return value.split_whitespace().next().unwrap().parse().unwrap();
-        }
-        assert!(Instant::now() < deadline, "no stats line:\n{log}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+            .nth(nth_line)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no stats line:\n{log}"))
+    });
+    let value = line.split("accepted=").nth(1).unwrap();
+    value.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 #[test]

@@ -59,18 +59,14 @@ impl TestServer {
     /// Waits (with a deadline) until the server's counters satisfy `condition`.
     #[track_caller]
     pub fn wait_for(&self, what: &str, condition: impl Fn(&Stats) -> bool) -> Stats {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
+        wait_until(|| {
             let stats = self.stats();
             if condition(&stats) {
-                return stats;
+                Ok(stats)
+            } else {
+                Err(format!("timed out waiting for {what}: {stats:?}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {stats:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        })
     }
 
     /// Stops the server (gracefully) and returns its final counters.
@@ -149,6 +145,26 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     bytes
 }
 
+/// Asks `probe` every few milliseconds until it answers `Ok`, for at most [`IO_TIMEOUT`];
+/// then fails the test with its last `Err`, which says what was awaited and what was seen.
+#[track_caller]
+pub fn wait_until<T>(probe: impl FnMut() -> Result<T, String>) -> T {
+    wait_within(IO_TIMEOUT, probe)
+}
+
+/// [`wait_until`], for at most `within`.
+#[track_caller]
+pub fn wait_within<T>(within: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe() {
+            Ok(done) => return done,
+            Err(seen) => assert!(Instant::now() < deadline, "{seen}"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Everything a child process writes to stderr, collected line by line by a thread.
 #[derive(Clone, Default)]
 pub struct LogLines(std::sync::Arc<std::sync::Mutex<String>>);
@@ -188,15 +204,14 @@ impl LogLines {
     /// Waits (with a deadline) until `condition` holds of the log; returns all of it.
     #[track_caller]
     pub fn wait_until(&self, what: &str, condition: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
+        wait_until(|| {
             let text = self.text();
             if condition(&text) {
-                return text;
+                Ok(text)
+            } else {
+                Err(format!("no {what} in the log:\n{text}"))
             }
-            assert!(Instant::now() < deadline, "no {what} in the log:\n{text}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        })
     }
 }
 
@@ -271,17 +286,12 @@ impl BinaryServer {
     /// Waits (with a deadline) for the process to exit; returns its status.
     #[track_caller]
     pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "echod did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_within(within, || {
+            self.child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| format!("echod did not exit within {within:?}"))
+        })
     }
 
     /// Waits (with a deadline) until stderr contains `needle`; returns all of stderr.
