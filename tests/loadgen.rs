@@ -42,6 +42,25 @@ fn a_clean_run_checks_every_byte_and_counts_what_the_server_counts() {
 }
 
 #[test]
+fn busy_polling_never_sleeps_and_still_checks_every_byte() {
+    let server = TestServer::start();
+    let args = ["--conns", "2", "--size", "64", "--duration", "0.3"];
+    let (out, json) = loadgen(server.addr(), &[&args[..], &["--busy-poll"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert_eq!(json_field(&json, "errors"), 0);
+    // None at all, but for what a loaded machine may force on any thread (a fault).
+    let (msgs, sleeps) = (
+        json_field(&json, "msgs"),
+        json_field(&json, "loadgen_sleeps"),
+    );
+    assert!(msgs > 0 && sleeps * 100 < msgs, "{json}");
+    // Without it, the generator waits for the echoes.
+    let (out, json) = loadgen(server.addr(), &args);
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert!(json_field(&json, "loadgen_sleeps") > 0, "{json}");
+}
+
+#[test]
 fn unix_sockets_are_loaded_and_checked_the_same_way() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("load.sock");

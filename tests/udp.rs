@@ -442,6 +442,39 @@ fn the_load_generator_checks_every_datagram() {
 }
 
 #[test]
+fn a_busy_polling_load_generator_never_sleeps_and_still_checks_every_datagram() {
+    let server = udp_server(&["udp:127.0.0.1:0"], |_| {});
+    let run = |extra: &[&str]| {
+        let args = [
+            &["--conns", "1", "--size", "64", "--duration", "0.3"],
+            extra,
+        ]
+        .concat();
+        let (out, json) = udp_loadgen(server.udp_addrs[0], &args);
+        assert_eq!(out.status.code(), Some(0), "{json}");
+        assert_eq!(json_field(&json, "errors"), 0);
+        (
+            json_field(&json, "msgs"),
+            json_field(&json, "loadgen_sleeps"),
+        )
+    };
+    let (msgs, sleeps) = run(&[]);
+    // Ping-pong: the generator waits for nearly every echo.
+    assert!(msgs > 0 && sleeps > 0, "{msgs} echoes, {sleeps} sleeps");
+    let (msgs, sleeps) = run(&["--busy-poll"]);
+    // None at all, but for what a loaded machine may force on any thread (a fault).
+    assert!(
+        msgs > 0 && sleeps * 100 < msgs,
+        "busy-polling: {msgs} echoes, {sleeps} sleeps"
+    );
+    let stats = server.stop();
+    assert_eq!(
+        stats.udp_datagrams_in,
+        stats.udp_datagrams_out + stats.udp_refused()
+    );
+}
+
+#[test]
 fn the_load_generator_catches_a_corrupting_udp_server() {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();

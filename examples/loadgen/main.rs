@@ -95,6 +95,13 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 0.2)]
     udp_timeout: f64,
 
+    /// Never sleep while loading: poll without waiting, so the server's replies never have
+    /// to wake the generator. Its core spins; the server's CPU per message is then its own
+    /// work, without the cost of waking a sleeping peer (on a VM, an inter-processor
+    /// interrupt and an exit to the hypervisor, which swing from run to run).
+    #[arg(long, conflicts_with_all = ["idle", "churn"])]
+    busy_poll: bool,
+
     /// Local addresses to connect from, used in turn, e.g. 127.0.0.2,127.0.0.3: each gives
     /// about 28,000 more ephemeral ports towards one server address.
     #[arg(long, value_name = "ADDR[,ADDR…]", value_delimiter = ',')]
@@ -215,6 +222,7 @@ fn run(args: &Args) -> Result<Report, String> {
         idle: args.idle,
         churn: args.churn,
         udp_timeout: seconds("udp-timeout", args.udp_timeout, false)?,
+        busy_poll: args.busy_poll,
         bind: args.bind.clone(),
         rate: args.rate.map(|r| r / threads as f64),
         connects_in_flight: (args.connect_burst as usize).div_ceil(threads),

@@ -53,6 +53,17 @@ impl Probe {
     }
 }
 
+/// How many times the calling thread has gone to sleep so far (voluntary context switches):
+/// the generator's own, to show whether its replies had to wake it (`--busy-poll`: none).
+pub fn thread_sleeps() -> u64 {
+    // SAFETY: getrusage fills the struct it is given; all-zero is a valid value of it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return 0;
+    }
+    usage.ru_nvcsw as u64
+}
+
 fn read(pid: u32, file: &str) -> Result<String, String> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .map_err(|err| format!("cannot read /proc/{pid}/{file}: {err}"))

@@ -185,6 +185,10 @@ impl Report {
                 String::new()
             }
         );
+        if !self.idle && !self.churn {
+            // Whether the servers' replies had to wake the generator (none: --busy-poll).
+            let _ = writeln!(t, "generator     slept {} times", self.totals.sleeps);
+        }
         if let Some(cpu) = self.cpu_us_per_conn() {
             let _ = writeln!(t, "server CPU    {cpu:.2} µs per connection");
         } else if let Some(cpu) = self.cpu_us_per_msg() {
@@ -244,6 +248,7 @@ impl Report {
         field("udp", self.udp.to_string());
         field("lost", self.totals.lost.to_string());
         field("cycles", self.totals.cycles.to_string());
+        field("loadgen_sleeps", self.totals.sleeps.to_string());
         field("conns_per_s", num(self.conns_per_s()));
         field("connect_p50_us", num(self.connect_micros(0.5)));
         field("connect_p90_us", num(self.connect_micros(0.9)));

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::probe::thread_sleeps;
 use crate::wire::{HEADER_LEN, Stream, pattern};
 use crate::worker::{Outcome, Plan, Shared};
 
@@ -95,12 +96,19 @@ pub fn run(
         refill(flow, &mut io, &pattern, size, now_ns, &mut out)?;
     }
     let mut next_scan = Instant::now() + LOSS_SCAN;
+    let sleeps_before = thread_sleeps();
     loop {
         let now = Instant::now();
         if now >= end {
+            out.sleeps = thread_sleeps() - sleeps_before;
             return Ok(out);
         }
-        match poll.poll(&mut events, Some((end - now).min(LOSS_SCAN))) {
+        let timeout = if plan.busy_poll {
+            Duration::ZERO
+        } else {
+            (end - now).min(LOSS_SCAN)
+        };
+        match poll.poll(&mut events, Some(timeout)) {
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             other => other?,
         }

@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 
+use crate::probe::thread_sleeps;
 use crate::wire::{Stream, pattern};
 
 /// Bytes read or written per system call at most (one buffer of each per thread).
@@ -41,6 +42,8 @@ pub struct Plan {
     pub churn: bool,
     /// `--udp`: how long a datagram may take before it counts as lost.
     pub udp_timeout: Duration,
+    /// `--busy-poll`: poll without waiting while loading, never sleep.
+    pub busy_poll: bool,
     /// Local addresses to connect from, taken in turn (`--bind`); empty: the kernel picks.
     pub bind: Vec<IpAddr>,
     /// Messages per second for this thread (`None`: as fast as echoes return).
@@ -88,6 +91,9 @@ pub struct Outcome {
     pub connect_latency: Histogram<u64>,
     /// `--udp`: datagrams not echoed within `--udp-timeout`.
     pub lost: u64,
+    /// Times the load loop's thread went to sleep (warm-up included): near zero with
+    /// `--busy-poll`.
+    pub sleeps: u64,
 }
 
 impl Outcome {
@@ -108,6 +114,7 @@ impl Outcome {
             connect_latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
                 .expect("histogram bounds"),
             lost: 0,
+            sleeps: 0,
         }
     }
 
@@ -124,6 +131,7 @@ impl Outcome {
         self.behind += other.behind;
         self.cycles += other.cycles;
         self.lost += other.lost;
+        self.sleeps += other.sleeps;
         let _ = self.connect_latency.add(&other.connect_latency);
     }
 }
@@ -381,6 +389,7 @@ impl Worker<'_> {
         start: Instant,
     ) -> io::Result<()> {
         let end = start + self.plan.warmup + self.plan.duration;
+        let sleeps_before = thread_sleeps();
         let mut pacer = Pacer::new(self.plan.rate);
         let (size, pipeline) = (self.plan.size as u64, self.plan.pipeline as u64);
         self.tick();
@@ -395,6 +404,7 @@ impl Worker<'_> {
             let now = self.tick();
             if now >= end {
                 self.out.behind = pacer.behind(now - start);
+                self.out.sleeps = thread_sleeps() - sleeps_before;
                 return Ok(());
             }
             if self.plan.rate.is_some() && !conns.is_empty() {
@@ -405,6 +415,9 @@ impl Worker<'_> {
             let mut timeout = end - now;
             if self.plan.rate.is_some() {
                 timeout = timeout.min(RATE_TICK);
+            }
+            if self.plan.busy_poll {
+                timeout = Duration::ZERO;
             }
             wait(poll, events, timeout)?;
             self.tick();
