@@ -15,6 +15,10 @@ p99 latency, peak RSS, and RSS per idle connection.
     python3 examples/bench.py --scenarios churn idle2x   # the accept path; two processes
     python3 examples/bench.py --sweep --rounds 5     # cost against connections, charts in docs/
     python3 examples/bench.py --sweep --sweep-points 100 10000 --rounds 1   # a short sweep
+    python3 examples/bench.py --together --scenarios u1 u4 --udp-servers echod c-udp --rounds 10
+                                                     # both at the same moment (see run_together)
+    python3 examples/bench.py --echod-b /tmp/echod-before --scenarios u1 --udp-servers echod c-udp
+                                                     # A/B: this build against another
 
 `--sweep` runs 64 B ping-pong at each of --sweep-points connections for echod, the
 references and echod-poll (echod on mio's poll(2) selector, built in target/poll), and
@@ -42,6 +46,8 @@ ECHOD = os.path.join(ROOT, "target", "release", "echod")
 # echod built on mio's poll(2) selector: the lesson of why epoll exists.
 POLL_TARGET = os.path.join(ROOT, "target", "poll")
 ECHOD_POLL = os.path.join(POLL_TARGET, "release", "echod")
+# Another build of echod (--echod-b), run as server "echod-b": A/B of a change, same rounds.
+ECHOD_B = None
 DOCS = os.path.join(ROOT, "docs")
 LOADGEN = os.path.join(ROOT, "target", "release", "examples", "loadgen")
 
@@ -67,6 +73,8 @@ SCENARIOS = {
            "U4 UDP 4 flows × 2 in flight × 32 KiB"),
 }
 UDP_SCENARIOS = ["u1", "u2", "u3", "u4"]
+# Closed loops of echoes (not holding idle, not churning): where --busy-poll and --together apply.
+CLOSED_LOOP = ["100x64", "10kx64", "16k", "pipe8"] + UDP_SCENARIOS
 UDP_SERVERS = ["echod", "c-udp", "c-udp-mmsg", "c-udp-gso", "tokio-udp"]
 # The figures that matter per scenario: (cost key, rate key, rate label).
 PER_CONNECTION = ("server_cpu_us_per_conn", "conns_per_s", "conns/s")
@@ -110,8 +118,8 @@ class Server:
     """One server process, pinned to core 0, listening on 127.0.0.1:port."""
 
     def __init__(self, name, port, anchors, wrapper=(), extra=(), udp=False):
-        if name in ("echod", "echod-poll"):
-            binary = ECHOD if name == "echod" else ECHOD_POLL
+        if name in ("echod", "echod-poll", "echod-b"):
+            binary = {"echod": ECHOD, "echod-poll": ECHOD_POLL, "echod-b": ECHOD_B}[name]
             listen = f"udp:127.0.0.1:{port}" if udp else f"127.0.0.1:{port}"
             command = [binary, "-qq", "--listen", listen] + list(extra)
         else:
@@ -199,6 +207,66 @@ def slab_kib():
             if line.startswith("Slab:"):
                 return int(line.split()[1])
     return None
+
+
+def run_together(names, port, anchors, args, duration, warmup, udp):
+    """Runs the servers at the same moment, all pinned to core 0, each with its own load
+    generator (all on core 1); returns their results in the order named.
+
+    Run back to back, two servers meet different moments of a shared machine: on a VM the
+    cost of a wake-up swings two- to four-fold within a minute, which swamps a gap of a few
+    percent. Run together, both meet the same moment, so their ratio keeps the gap and
+    loses most of the swing. It is a different experiment (two servers share a core, and
+    two generators another), so it is reported apart from the back-to-back tables."""
+    servers = []
+    try:
+        for offset, name in enumerate(names):
+            servers.append(Server(name, port + offset, anchors, udp=udp))
+        generators = [subprocess.Popen(loadgen_command(s.port, [s.pid], args, duration, warmup),
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                      for s in servers]
+        results = []
+        for generator in generators:
+            out, err = generator.communicate(timeout=duration + warmup + 180)
+            results.append(parse_loadgen(out, generator.returncode, err))
+        return results
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def together(opts, scenarios, port):
+    """--together: echod and each reference at the same moment, round after round (echod
+    named first in odd rounds, second in even ones); prints echod ÷ reference per round."""
+    ratios = {}  # (scenario, reference) -> [echod ÷ reference, one per round]
+    for scenario in scenarios:
+        args, _ = SCENARIOS[scenario]
+        udp = scenario in UDP_SCENARIOS
+        references = [n for n in (opts.udp_servers if udp else opts.servers) if n != "echod"]
+        for round_number in range(1, opts.rounds + 1):
+            for reference in in_turn(references, round_number):
+                pair = ["echod", reference] if round_number % 2 else [reference, "echod"]
+                port += len(pair)
+                results = dict(zip(pair, run_together(pair, port, opts.anchors, args,
+                                                       opts.duration, opts.warmup, udp)))
+                ours, theirs = (results[n]["server_cpu_us_per_msg"] for n in ("echod", reference))
+                for name, result in results.items():
+                    if result["errors"]:
+                        raise RuntimeError(f"{scenario} {name}: {result['errors']} errors")
+                ratios.setdefault((scenario, reference), []).append(ours / theirs)
+                log(f"{scenario:7} round {round_number} together: echod {ours} µs, {reference} "
+                    f"{theirs} µs per message: {ours / theirs:.3f}")
+    print(f"\nTogether (--together): echod and one reference at the same moment, both on core 0, "
+          f"each with its own load generator on core 1; {opts.rounds} rounds of "
+          f"{opts.duration:g} s. echod ÷ reference, server CPU per message, "
+          "median [lowest–highest]:\n")
+    print("| scenario | reference | echod ÷ reference | rounds above 1.00 |")
+    print("|---|---|---|---|")
+    for (scenario, reference), values in ratios.items():
+        above = sum(v > 1 for v in values)
+        print(f"| {SCENARIOS[scenario][1]} | {reference} | {statistics.median(values):.3f} "
+              f"[{min(values):.3f}–{max(values):.3f}] | {above} of {len(values)} |")
+    return ratios
 
 
 def idle_two_processes(port, duration):
@@ -328,7 +396,23 @@ def main():
                              "second load generator (most clients idle: the C10K case)")
     parser.add_argument("--udp-servers", nargs="+", default=UDP_SERVERS,
                         help="servers for the UDP scenarios u1–u4")
+    parser.add_argument("--busy-poll", action="store_true",
+                        help="the load generator never sleeps (loadgen --busy-poll), so the "
+                             "servers' replies never wake it: less of the machine's wake-up "
+                             "cost in each server's figure")
+    parser.add_argument("--together", action="store_true",
+                        help="run echod and each reference at the same moment instead of "
+                             "back to back (see run_together); only the ratio table")
+    parser.add_argument("--echod-b", metavar="PATH",
+                        help="another echod binary, run as server echod-b beside echod in "
+                             "every round (A/B of a change: the tables gain ÷ echod-b)")
     opts = parser.parse_args()
+    if opts.echod_b:
+        global ECHOD_B
+        ECHOD_B = os.path.abspath(opts.echod_b)
+        for servers in (opts.servers, opts.udp_servers):
+            if "echod-b" not in servers:
+                servers.append("echod-b")
     if opts.sweep:
         if opts.servers == DEFAULT_SERVERS:
             opts.servers = SWEEP_SERVERS
@@ -341,6 +425,14 @@ def main():
     tcp_scenarios = [s for s in opts.scenarios if s not in UDP_SCENARIOS]
     udp_scenarios = [s for s in opts.scenarios if s in UDP_SCENARIOS]
     port = 21000  # below the ephemeral range (32768+), which TIME_WAIT client ports fill
+    if opts.together:
+        if opts.busy_poll:
+            parser.error("--together runs two load generators on one core: they cannot both busy-poll")
+        unfit = [s for s in opts.scenarios if s not in CLOSED_LOOP]
+        if unfit:
+            parser.error(f"--together measures echoes in a closed loop, not {', '.join(unfit)}")
+        together(opts, opts.scenarios, port)
+        return
     results = {}  # (scenario, server) -> list of loadgen results (+ peak_rss_kib)
     idle2x = []
     for scenario in opts.scenarios:
@@ -360,7 +452,8 @@ def main():
                 server = Server(name, port, opts.anchors, udp=udp)
                 try:
                     duration = opts.duration
-                    result = loadgen(port, server.pid, args, duration, opts.warmup)
+                    extra = ["--busy-poll"] if opts.busy_poll and scenario in CLOSED_LOOP else []
+                    result = loadgen(port, server.pid, args + extra, duration, opts.warmup)
                     result["peak_rss_kib"] = server.peak_rss_kib()
                 finally:
                     server.stop()
@@ -408,8 +501,10 @@ def main():
 
 
 def print_udp_table(opts, scenarios, results, syscalls):
-    print(f"\nUDP: medians of {opts.rounds} rounds, {opts.duration:g} s measured each; server CPU "
-          "per echoed datagram; lost = not echoed within the load generator's --udp-timeout.\n")
+    generator = " the load generator busy-polling (--busy-poll);" if opts.busy_poll else ""
+    print(f"\nUDP: medians of {opts.rounds} rounds, {opts.duration:g} s measured each;{generator} "
+          "server CPU per echoed datagram; lost = not echoed within the load generator's "
+          "--udp-timeout.\n")
     print("| scenario | server | datagrams/s | server µs/datagram | syscalls/datagram | p50 µs | "
           "p99 µs | lost | errors |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -477,8 +572,9 @@ def round_ratios(results, scenario, name, reference, key):
 
 
 def print_table(opts, results, syscalls, instructions):
+    generator = " (busy-polling: --busy-poll)" if opts.busy_poll else ""
     print(f"Medians of {opts.rounds} rounds, {opts.duration:g} s measured each; server on core 0, "
-          f"load generator on core 1.\n")
+          f"load generator on core 1{generator}.\n")
     print("(churn: conns/s and server µs per connection instead of per message)\n")
     print("| scenario | server | msgs/s | server µs/msg | syscalls/msg | user instr/msg "
           "| p50 µs | p99 µs | peak RSS MiB | RSS/conn KiB |")
