@@ -100,6 +100,43 @@ fn a_burst_comes_back_as_the_same_datagrams_in_order() {
 }
 
 #[test]
+fn bursts_of_large_and_small_datagrams_come_back_whole_and_in_order() {
+    // Large datagrams are answered one at a time, small ones in batches: a stream that
+    // keeps switching between the two must lose, cut or reorder nothing.
+    let server = udp_server(&["udp:127.0.0.1:0"], |_| {});
+    let socket = client("127.0.0.1:0");
+    let large = [32_768, 65_507, 16_384, 40_000];
+    let mixed = [64, 64, 32_768, 1_400, 0, 16_383, 64];
+    let mut buf = vec![0; 70_000];
+    let mut total = 0;
+    for round in 0..20u64 {
+        let sizes: &[usize] = if round % 2 == 0 { &large } else { &mixed };
+        let window: Vec<Vec<u8>> = (0..sizes.len())
+            .map(|i| pattern(round * 100 + i as u64, sizes[i]))
+            .collect();
+        // A lone datagram first, so the burst meets the one-at-a-time path.
+        round_trip(&socket, server.udp_addrs[0], &pattern(round, 20_000));
+        for message in &window {
+            socket.send_to(message, server.udp_addrs[0]).unwrap();
+        }
+        for (i, message) in window.iter().enumerate() {
+            let n = socket.recv(&mut buf).expect("every datagram answered");
+            assert_eq!(n, message.len(), "round {round}, datagram {i}: length");
+            assert!(
+                buf[..n] == message[..],
+                "round {round}, datagram {i} differs"
+            );
+        }
+        total += 1 + window.len() as u64;
+    }
+    let stats = server.stop();
+    assert_eq!(
+        (stats.udp_datagrams_in, stats.udp_datagrams_out),
+        (total, total)
+    );
+}
+
+#[test]
 fn a_wildcard_socket_answers_from_the_address_it_was_asked_at() {
     let server = udp_server(&["udp:[::]:0"], |_| {});
     let port = server.udp_addrs[0].port();

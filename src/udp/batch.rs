@@ -19,7 +19,8 @@
 //!   each cost a few hundred nanoseconds more than `recvfrom` and `sendto` for a single
 //!   datagram (the kernel copies in and walks a message header per datagram): ~10 % of a
 //!   ping-pong echo here. So [`Batch::receive_one`] exists, and a batch of one reply
-//!   without control messages goes out by `sendto`.
+//!   without control messages goes out by `sendto`. The loop also uses it for large
+//!   datagrams, where batching saves calls but costs cache (see `udp::LARGE_DATAGRAM`).
 //! - **Readiness through mio.** Every call goes through `UdpSocket::try_io`, so a
 //!   `WouldBlock` re-arms the socket on every selector (poll(2) included).
 //!
