@@ -307,6 +307,11 @@ fn run(args: &Args) -> Result<Report, String> {
             .map_err(|err| format!("worker: {err}"))?;
         report.add(outcome);
     }
+    // The workers stop at the window's end; if they all finished before this thread woke to
+    // take the closing sample (a busy core), take it now: the server has had no load since.
+    if let (Some(probe), (Some(_), None)) = (&probe, window_cpu) {
+        window_cpu.1 = Some(probe.cpu_seconds()?);
+    }
     if let (Some(a), Some(b)) = window_cpu {
         report.server_cpu_s = Some(b - a);
     }
