@@ -239,6 +239,7 @@ def together(opts, scenarios, port):
     """--together: echod and each reference at the same moment, round after round (echod
     named first in odd rounds, second in even ones); prints echod ÷ reference per round."""
     ratios = {}  # (scenario, reference) -> [echod ÷ reference, one per round]
+    skipped = 0
     for scenario in scenarios:
         args, _ = SCENARIOS[scenario]
         udp = scenario in UDP_SCENARIOS
@@ -253,6 +254,12 @@ def together(opts, scenarios, port):
                 for name, result in results.items():
                     if result["errors"]:
                         raise RuntimeError(f"{scenario} {name}: {result['errors']} errors")
+                if not (ours and theirs):
+                    # No figure: nothing echoed within the window (say, every datagram lost).
+                    log(f"{scenario:7} round {round_number} together with {reference}: no figure "
+                        f"({ {n: (r['msgs'], r['lost']) for n, r in results.items()} } msgs, lost)")
+                    skipped += 1
+                    continue
                 ratios.setdefault((scenario, reference), []).append(ours / theirs)
                 log(f"{scenario:7} round {round_number} together: echod {ours} µs, {reference} "
                     f"{theirs} µs per message: {ours / theirs:.3f}")
@@ -266,6 +273,8 @@ def together(opts, scenarios, port):
         above = sum(v > 1 for v in values)
         print(f"| {SCENARIOS[scenario][1]} | {reference} | {statistics.median(values):.3f} "
               f"[{min(values):.3f}–{max(values):.3f}] | {above} of {len(values)} |")
+    if skipped:
+        print(f"\n{skipped} pairs gave no figure and were left out (see the log).")
     return ratios
 
 
