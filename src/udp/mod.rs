@@ -13,9 +13,9 @@
 //!    turn, after which the loop comes back (the revisit list), so a flood on one socket
 //!    cannot starve TCP clients or the other sockets. A socket whose last few wake-ups each
 //!    brought a single datagram is read one datagram at a time (`recvfrom`, cheaper for
-//!    one) until a wake-up finds a second waiting: then batches again. Large datagrams (16 KiB and up)
-//!    are always taken one at a time: there the copies cost more than the calls, and an
-//!    echo is cheapest straight after its own copy in (see `LARGE_DATAGRAM`).
+//!    one) until a wake-up finds a second waiting: then batches again. Large datagrams
+//!    (16 KiB and up) are always taken one at a time: there the copies cost more than the
+//!    calls, and an echo is cheapest straight after its own copy in (see `LARGE_DATAGRAM`).
 //! 3. **Judge each datagram** ([`guard`]): oversize, a source no reply may go to, over its
 //!    source's rate: dropped and counted by reason. What remains is answered, as runs of
 //!    same-size replies to one peer per GSO message.
