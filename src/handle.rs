@@ -11,18 +11,11 @@ use std::time::{Duration, Instant};
 
 use mio::Waker;
 
-use crate::stats::Stats;
+use crate::readiness::REWAKE_INTERVAL;
+use crate::telemetry::stats::Stats;
 
 /// How long [`ServerHandle::stats`] and [`ServerHandle::stop`] wait for the loop to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often an unanswered request pokes the waker again.
-///
-/// On epoll and kqueue one wake is enough. mio's poll(2) selector can lose one: when the
-/// loop thread registers or re-registers a socket, mio pokes and then empties the same
-/// wake-up descriptor, swallowing a wake from another thread that landed in between
-/// (tokio-rs/mio#1874). A wake is idempotent, so the asker simply repeats it.
-const REWAKE_INTERVAL: Duration = Duration::from_millis(20);
-
 /// A request for the loop, queued by a [`ServerHandle`].
 #[derive(Debug)]
 pub(crate) enum Request {
@@ -64,7 +57,7 @@ impl ServerHandle {
     }
 
     /// Queues a request, wakes the loop, and waits for its answer, waking it again now
-    /// and then (see [`REWAKE_INTERVAL`]).
+    /// and then (mio's poll(2) selector can lose a wake: see [`REWAKE_INTERVAL`]).
     fn ask<T>(&self, request: impl FnOnce(Sender<T>) -> Request) -> io::Result<T> {
         let (reply_to, reply) = mpsc::channel();
         self.requests

@@ -4,19 +4,32 @@
 //! (RFC 862), for thousands of clients at once on one thread, with bounded memory.
 //!
 //! ## Layout
-//! - [`server`]: the event loop: one `mio::Poll`, phases per turn, accept, timers, shutdown.
-//! - `connection`: one client's state machine: drain, write straight back, owe the rest.
-//! - [`stream`]: the one seam between transports: a TCP or Unix stream, and who the peer is.
-//! - `pending`: a connection's unsent bytes; no buffer at all while nothing is owed.
-//! - `timers`: idle and stall timeouts as intrusive lists, O(1) per event.
-//! - [`listen`]: where sockets come from: `HOST:PORT`, `udp:HOST:PORT`, `unix:PATH`, `unix:@NAME`, or
-//!   sockets inherited from systemd; all end as the same non-blocking [`listen::Listener`].
-//! - `notify`: readiness, status, stopping and watchdog messages to systemd.
+//! Each room owns one thing; the loop knows the rooms, never what is inside them.
+//!
+//! - [`server`]: binding every socket and registering it with one `mio::Poll`; [`Server::run`].
+//! - `reactor`: the loop. One turn is a fixed list of named phases (next wake, wait,
+//!   dispatch, revisit, expire, close finished, housekeeping); `reactor::tokens` says
+//!   what each `Token` names, `reactor::control` turns the waker and signals into
+//!   commands, `reactor::lifecycle` is serving or draining.
+//! - `accept`: admission: the accept budget, the global and per-IP caps, the spare
+//!   descriptor, the retry after `EMFILE`; and where a connection's protocol is chosen.
+//! - `session`: the slab of connections and what they share (the read buffer, the close
+//!   list, the idle and stall lists); `session::connection` is one client's echo state
+//!   machine, `session::pending` its unsent bytes, `session::timers` the deadline lists.
+//! - [`transport`]: the seam between a socket and the echo: the `Transport` trait, and
+//!   the plain TCP or Unix [`transport::Stream`] (TLS and WebSocket are to join it).
 //! - `udp`: datagram echo on the same loop: batched receive and GSO send (`udp::batch`),
 //!   the guards against loops and reflection (`udp::guard`).
+//! - [`listen`]: where sockets come from: `HOST:PORT`, `udp:HOST:PORT`, `unix:PATH`,
+//!   `unix:@NAME`, or sockets inherited from systemd; all end as the same non-blocking
+//!   [`listen::Listener`] or [`listen::Datagram`].
+//! - [`telemetry`]: the counters ([`Stats`]), the report lines, systemd's notifications.
+//! - [`readiness`]: `would_block`, `interrupted`, and every way mio's selectors differ.
+//! - `ratelimit`: one warning a second for floods of the same complaint.
 //! - [`config`]: validated settings and their defaults; [`cli`]: the flags that build them.
-//! - [`stats`]: the counters the loop keeps and returns.
 //! - [`handle`]: stopping the loop, or reading its counters, from another thread.
+//! - [`fdlimit`]: raising the descriptor limit (one descriptor per client); `print`:
+//!   `--print`'s `Server heard …` lines.
 //!
 //! ## Invariants
 //! - One thread does all the I/O; nothing blocks it but `poll`.
@@ -25,23 +38,26 @@
 //! - Memory per connection is bounded by `--max-pending`; an idle connection holds no buffer.
 //! - A slab key *is* the connection's `Token`; keys are freed only at the end of a turn, so
 //!   an event can never reach a connection other than the one it was meant for.
+//! - No room imports the loop, and the loop never names a protocol.
 
+mod accept;
 pub mod cli;
 pub mod config;
-mod connection;
+mod delegate;
 pub mod fdlimit;
 pub mod handle;
 pub mod listen;
-mod notify;
-mod pending;
 mod print;
+mod ratelimit;
+mod reactor;
+pub mod readiness;
 pub mod server;
-pub mod stats;
-pub mod stream;
-mod timers;
+mod session;
+pub mod telemetry;
+pub mod transport;
 mod udp;
 
 pub use config::{Config, Mode};
 pub use handle::ServerHandle;
 pub use server::Server;
-pub use stats::{CloseReason, Stats};
+pub use telemetry::stats::{CloseReason, Stats};

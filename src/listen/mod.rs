@@ -21,7 +21,7 @@ use mio::event::Source;
 use mio::net::{TcpListener, UdpSocket, UnixListener};
 use mio::{Interest, Registry, Token};
 
-use crate::stream::{Peer, Stream};
+use crate::transport::{Peer, Protocol, Stream};
 pub use tcp::canonical;
 use unix::SocketFile;
 
@@ -113,6 +113,8 @@ pub struct Listener {
     pub endpoint: Endpoint,
     /// `LISTEN_FDNAMES`' name for an inherited socket.
     pub name: Option<String>,
+    /// What its connections speak above the raw stream (chosen for each as it is admitted).
+    pub protocol: Protocol,
     /// Removes the socket file at drop, if echod created it (never an inherited one's).
     _file: Option<SocketFile>,
 }
@@ -143,6 +145,8 @@ impl fmt::Display for Listener {
     }
 }
 
+crate::delegate::delegate_source!(ListenSocket, ListenSocket::Tcp, ListenSocket::Unix);
+
 impl Source for Listener {
     fn register(
         &mut self,
@@ -150,10 +154,7 @@ impl Source for Listener {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        match &mut self.socket {
-            ListenSocket::Tcp(s) => s.register(registry, token, interest),
-            ListenSocket::Unix(s) => s.register(registry, token, interest),
-        }
+        self.socket.register(registry, token, interest)
     }
 
     fn reregister(
@@ -162,17 +163,11 @@ impl Source for Listener {
         token: Token,
         interest: Interest,
     ) -> io::Result<()> {
-        match &mut self.socket {
-            ListenSocket::Tcp(s) => s.reregister(registry, token, interest),
-            ListenSocket::Unix(s) => s.reregister(registry, token, interest),
-        }
+        self.socket.reregister(registry, token, interest)
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        match &mut self.socket {
-            ListenSocket::Tcp(s) => s.deregister(registry),
-            ListenSocket::Unix(s) => s.deregister(registry),
-        }
+        self.socket.deregister(registry)
     }
 }
 
@@ -297,6 +292,7 @@ impl Listener {
             socket,
             endpoint,
             name,
+            protocol: Protocol::Plain,
             _file: file,
         }
     }

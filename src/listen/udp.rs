@@ -7,12 +7,13 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use mio::net::UdpSocket;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{BindOptions, ListenError, resolve};
-use crate::udp::batch::enable_controls;
+use crate::readiness::syscall_result;
 
 /// Resolves one `HOST:PORT` and binds a UDP socket on every address it yields that `seen`
 /// does not hold yet.
@@ -62,4 +63,34 @@ fn bind_one(addr: SocketAddr, options: &BindOptions) -> io::Result<UdpSocket> {
 pub(super) fn adopt(socket: &UdpSocket) -> io::Result<()> {
     let local = socket.local_addr()?;
     enable_controls(socket, local.ip().is_unspecified(), local.is_ipv6())
+}
+
+/// Asks the kernel for what the batch receiver (`udp::batch`) reads: the local address of each datagram, on a
+/// wildcard bind (elsewhere there is nothing to ask for).
+fn enable_controls(socket: &UdpSocket, wildcard: bool, ipv6: bool) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    let on: libc::c_int = 1;
+    let set = |level, name| {
+        // SAFETY: `on` is a valid c_int for the duration of the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as _,
+            )
+        };
+        syscall_result(rc as isize).map(drop)
+    };
+    if wildcard {
+        if ipv6 {
+            set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)?;
+            // A dual-stack socket's IPv4 datagrams carry IP_PKTINFO.
+            let _ = set(libc::IPPROTO_IP, libc::IP_PKTINFO);
+        } else {
+            set(libc::IPPROTO_IP, libc::IP_PKTINFO)?;
+        }
+    }
+    Ok(())
 }

@@ -35,6 +35,8 @@ use std::os::fd::AsRawFd;
 use mio::net::UdpSocket;
 use socket2::SockAddr;
 
+use crate::readiness::{interrupted, syscall_result, would_block};
+
 /// Slots start on boundaries of this many bytes.
 const PAGE: usize = 4096;
 /// Datagrams taken per `recvmmsg`.
@@ -295,11 +297,11 @@ impl Batch {
                         at
                     };
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     sent.blocked_at = Some(next);
                     return sent;
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if interrupted(&err) => {}
                 Err(err) => {
                     // The first message failed. A GSO run the kernel will not cut (no
                     // offload on this path, an MTU below the segment) goes out one by one;
@@ -342,7 +344,7 @@ impl Batch {
                     sent.datagrams += 1;
                     sent.bytes += reply.len as u64;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Some(i),
+                Err(err) if would_block(&err) => return Some(i),
                 Err(err) => sent.failed.push(err),
             }
         }
@@ -452,47 +454,8 @@ pub(crate) fn send_one(
     let fd = socket.as_raw_fd();
     socket.try_io(|| {
         // SAFETY: `header` and what it points to are valid for the call.
-        let rc = unsafe { libc::sendmsg(fd, &header, 0) };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        syscall_result(unsafe { libc::sendmsg(fd, &header, 0) }).map(drop)
     })
-}
-
-/// Asks the kernel for what `receive` reads: the local address of each datagram, on a
-/// wildcard bind (elsewhere there is nothing to ask for).
-pub(crate) fn enable_controls(socket: &UdpSocket, wildcard: bool, ipv6: bool) -> io::Result<()> {
-    let fd = socket.as_raw_fd();
-    let on: libc::c_int = 1;
-    let set = |level, name| {
-        // SAFETY: `on` is a valid c_int for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&raw const on).cast(),
-                size_of::<libc::c_int>() as _,
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
-    if wildcard {
-        if ipv6 {
-            set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)?;
-            // A dual-stack socket's IPv4 datagrams carry IP_PKTINFO.
-            let _ = set(libc::IPPROTO_IP, libc::IP_PKTINFO);
-        } else {
-            set(libc::IPPROTO_IP, libc::IP_PKTINFO)?;
-        }
-    }
-    Ok(())
 }
 
 /// The kernel's count of datagrams it dropped for this socket, its receive queue being
@@ -613,15 +576,6 @@ fn write_send_controls(
             None => {}
         }
         total
-    }
-}
-
-/// A libc call's return value as a result: negative means `errno` says what went wrong.
-pub(crate) fn syscall_result(rc: isize) -> io::Result<usize> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as usize)
     }
 }
 

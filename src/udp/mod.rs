@@ -2,7 +2,7 @@
 //! it, from the address it was sent to.
 //!
 //! A UDP socket has no connections, no half-close and no per-peer buffer, so it is not a
-//! [`Connection`](crate::connection): it has its own small state here, served by the same
+//! session: it has its own small state here, served by the same
 //! loop under a named token. Per readiness event:
 //!
 //! 1. **Flush first.** Replies a full send buffer refused earlier go out before anything is
@@ -36,7 +36,9 @@ use mio::{Interest, Registry, Token};
 
 use crate::config::{ACK_REPLY, Mode};
 use crate::print::print_heard;
-use crate::stats::Stats;
+use crate::ratelimit::RateLimit;
+use crate::readiness::{Drain, SHORT_READ_MEANS_DRAINED, interrupted, would_block};
+use crate::telemetry::stats::Stats;
 use batch::{Batch, Reply};
 use guard::{Refusal, SourceGuard, SourceRates};
 
@@ -73,6 +75,19 @@ pub(crate) struct UdpSettings {
     pub(crate) rate_per_ip: Option<u32>,
     /// Loopback sources are not rate limited.
     pub(crate) rate_exempts_loopback: bool,
+}
+
+impl From<&crate::config::Config> for UdpSettings {
+    fn from(config: &crate::config::Config) -> Self {
+        UdpSettings {
+            mode: config.mode,
+            print: config.print,
+            max_datagram: config.udp_max_datagram,
+            allow_low_ports: config.udp_allow_low_ports,
+            rate_per_ip: config.udp_rate_per_ip,
+            rate_exempts_loopback: config.udp_rate_exempts_loopback,
+        }
+    }
 }
 
 /// One bound UDP socket and what it still owes.
@@ -126,18 +141,8 @@ pub(crate) struct Datagrams {
     rates: Option<SourceRates>,
     /// The replies decided for the current batch (reused: no allocation per batch).
     replies: Vec<Reply>,
-    /// When an error was last logged, and how many were not logged since.
-    last_warning: Option<Instant>,
-    unlogged_errors: u64,
-}
-
-/// What the loop must do after serving a UDP socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Served {
-    /// Drained (or waiting for WRITABLE): the next event will say when.
-    Done,
-    /// Stopped at the budget with datagrams perhaps still queued: revisit next turn.
-    ComeBack,
+    /// Datagram errors: counted as they happen, logged at most once a second.
+    errors: RateLimit,
 }
 
 impl Datagrams {
@@ -167,8 +172,7 @@ impl Datagrams {
             replies: Vec::with_capacity(batch::BATCH),
             sockets,
             settings,
-            last_warning: None,
-            unlogged_errors: 0,
+            errors: RateLimit::default(),
         }
     }
 
@@ -181,14 +185,14 @@ impl Datagrams {
         registry: &Registry,
         stats: &mut Stats,
         now: Instant,
-    ) -> Served {
+    ) -> Drain {
         let Some(endpoint) = self.sockets.get_mut(index) else {
-            return Served::Done; // closed by shutdown earlier in this batch
+            return Drain::Drained; // closed by shutdown earlier in this batch
         };
         if writable && !endpoint.owed.is_empty() {
-            flush_owed(endpoint, stats, &mut self.unlogged_errors);
+            flush_owed(endpoint, stats, &mut self.errors);
         }
-        let mut served = Served::Done;
+        let mut served = Drain::Drained;
         if endpoint.owed.is_empty() {
             served = self.drain(index, stats, now);
         }
@@ -228,7 +232,7 @@ impl Datagrams {
     }
 
     /// Receives and answers batches until `WouldBlock`, a full send buffer, or the budget.
-    fn drain(&mut self, index: usize, stats: &mut Stats, now: Instant) -> Served {
+    fn drain(&mut self, index: usize, stats: &mut Stats, now: Instant) -> Drain {
         for turn in 0..BATCHES_PER_TURN {
             let endpoint = &mut self.sockets[index];
             let singly = endpoint.one_at_a_time;
@@ -239,25 +243,25 @@ impl Datagrams {
             };
             let received = match result {
                 Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if would_block(&err) => {
                     trace!(
                         "udp {index}: {} WouldBlock",
                         if singly { "recvfrom" } else { "recvmmsg" }
                     );
-                    return Served::Done;
+                    return Drain::Drained;
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if interrupted(&err) => continue,
                 Err(err) if concerns_one_datagram(&err) => {
                     // An ICMP error from an earlier send, reported on this call: counted,
                     // and the socket read on.
                     stats.udp_dropped_error += 1;
-                    self.unlogged_errors += 1;
+                    self.errors.hold(1);
                     debug!("udp {index}: {err}");
                     continue;
                 }
                 Err(err) => {
                     warn!("udp {}: recvmmsg: {err}", endpoint.local);
-                    return Served::Done;
+                    return Drain::Drained;
                 }
             };
             // Several wake-ups in a row with one datagram each: expect one next time too. A
@@ -286,7 +290,7 @@ impl Datagrams {
             stats.udp_bytes_out += sent.bytes;
             for err in &sent.failed {
                 stats.udp_dropped_error += 1;
-                self.unlogged_errors += 1;
+                self.errors.hold(1);
                 debug!("udp {index}: reply refused: {err}");
             }
             if let Some(first) = sent.blocked_at {
@@ -307,17 +311,17 @@ impl Datagrams {
                         bytes,
                     });
                 }
-                return Served::Done;
+                return Drain::Drained;
             }
-            if !singly && received < batch::BATCH && crate::connection::SHORT_READ_MEANS_DRAINED {
+            if !singly && received < batch::BATCH && SHORT_READ_MEANS_DRAINED {
                 // A short batch: the queue ran dry just now, and on epoll and kqueue the
                 // next datagram raises a fresh edge (elsewhere, read on to WouldBlock,
                 // which re-arms the socket; see SHORT_READ_MEANS_DRAINED).
-                return Served::Done;
+                return Drain::Drained;
             }
         }
         trace!("udp {index}: batch budget spent, revisit next turn");
-        Served::ComeBack
+        Drain::ComeBack
     }
 
     /// Decides, datagram by datagram, which get a reply (into `self.replies`).
@@ -377,26 +381,17 @@ impl Datagrams {
 
     /// At most one warning a second for datagram errors, with how many there were.
     fn log_errors(&mut self, now: Instant) {
-        if self.unlogged_errors == 0 {
-            return;
-        }
-        let due = self
-            .last_warning
-            .is_none_or(|at| now.duration_since(at) >= crate::server::WARN_INTERVAL);
-        if due {
+        if let Some(errors) = self.errors.flush(now) {
             warn!(
-                "udp: {} datagrams met errors (ICMP unreachable, EMSGSIZE, ENOBUFS, …); \
-                 each was dropped and counted",
-                self.unlogged_errors
+                "udp: {errors} datagrams met errors (ICMP unreachable, EMSGSIZE, ENOBUFS, …); \
+                 each was dropped and counted"
             );
-            self.unlogged_errors = 0;
-            self.last_warning = Some(now);
         }
     }
 }
 
 /// Sends what a full send buffer refused earlier, in order, until done or full again.
-fn flush_owed(endpoint: &mut UdpEndpoint, stats: &mut Stats, errors: &mut u64) {
+fn flush_owed(endpoint: &mut UdpEndpoint, stats: &mut Stats, errors: &mut RateLimit) {
     let mut sent = 0;
     for reply in &endpoint.owed {
         match batch::send_one(&endpoint.socket, &reply.bytes, reply.to, reply.from) {
@@ -404,10 +399,10 @@ fn flush_owed(endpoint: &mut UdpEndpoint, stats: &mut Stats, errors: &mut u64) {
                 stats.udp_datagrams_out += 1;
                 stats.udp_bytes_out += reply.bytes.len() as u64;
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) if would_block(&err) => break,
             Err(_) => {
                 stats.udp_dropped_error += 1;
-                *errors += 1;
+                errors.hold(1);
             }
         }
         sent += 1;

@@ -1,8 +1,9 @@
-//! One client connection and the small state machine that serves it.
+//! One client connection and the small state machine that echoes over it.
 //!
-//! The loop calls [`Connection::serve`] whenever `poll` says the socket is ready (or when it
-//! comes back to a connection it had to leave early). `serve` follows the rules of
-//! readiness-based I/O:
+//! The sessions call [`Connection::serve`] whenever `poll` says the socket is ready (or when
+//! the loop comes back to a connection it had to leave early). The connection speaks to
+//! its client through a [`Transport`] and never learns which protocol that is. `serve`
+//! follows the rules of readiness-based I/O:
 //!
 //! 1. **Flush first.** Bytes already owed go out before anything newly read, so order holds.
 //! 2. **Drain.** Under edge triggering no new event arrives until the socket has said
@@ -11,47 +12,26 @@
 //!    ([`Connection::owes_read`]) and the loop comes back.
 //! 3. **Write straight back.** What a read returns is written at once from the loop's
 //!    shared buffer; only what the socket will not take is copied into [`PendingOutput`].
-//! 4. **Interest follows state.** [`Connection::desired_interest`] derives it in one place;
-//!    the loop re-registers only when it changes (WRITABLE only while something is owed).
+//! 4. **Interest follows state.** [`Connection::desired_interest`] derives it in one place,
+//!    from what the echo owes joined with what the transport wants; the loop re-registers
+//!    only when it changes (WRITABLE only while something is owed).
 //! 5. **Close gracefully.** After the client's EOF, finish what is owed, then send our FIN.
 //!    When the server stops first, flush, send our FIN, then read and drop until the
 //!    client's EOF (`linger`): closing with unread input would reset the connection.
 
-use std::io::{self, Read, Write};
+use std::io;
 
 use log::{debug, trace};
 use mio::{Interest, Token};
 
 use crate::config::{ACK_REPLY, Mode};
-use crate::pending::PendingOutput;
 use crate::print::print_heard;
-use crate::stats::{CloseReason, Stats};
-use crate::stream::{Peer, Stream};
-use crate::timers::Links;
+use crate::readiness::{Ready, interrupted, would_block};
+use crate::telemetry::stats::{CloseReason, Stats};
+use crate::transport::{AnyTransport, Peer, Transport};
 
-/// What `poll` said about a socket, or nothing at all when the loop revisits it.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Ready {
-    /// Bytes (or an EOF, or an error) can be read without blocking.
-    pub readable: bool,
-    /// The send buffer has room again.
-    pub writable: bool,
-    /// The peer sent FIN (EPOLLRDHUP): data may still be queued before the EOF.
-    pub read_closed: bool,
-    /// The socket has a pending error (EPOLLERR), e.g. a reset.
-    pub error: bool,
-}
-
-impl Ready {
-    pub(crate) fn from_event(event: &mio::event::Event) -> Self {
-        Ready {
-            readable: event.is_readable(),
-            writable: event.is_writable(),
-            read_closed: event.is_read_closed(),
-            error: event.is_error(),
-        }
-    }
-}
+use super::pending::PendingOutput;
+use super::timers::{Linked, Links};
 
 /// The limits a turn of `serve` works within, set by the loop.
 #[derive(Clone, Copy, Debug)]
@@ -72,35 +52,6 @@ pub(crate) struct Limits {
 
 /// Largest read a connection owing nothing may make while `--max-pending-total` is reached.
 const OVER_CAP_READ: usize = 4096;
-
-/// Whether a read that returned less than asked may be taken as "drained", saving the
-/// confirming read that would say `WouldBlock` (one syscall per message).
-///
-/// That holds where readiness is a kernel edge: epoll and kqueue raise a fresh event when
-/// more data arrives, whatever we did before. mio's other selectors (poll(2), forced on
-/// Linux with `--cfg mio_unsupported_force_poll_poll`, and the default on AIX, Haiku, …)
-/// emulate edges: a socket that has reported an event is re-armed only when an operation
-/// on it returns `WouldBlock`. There a short read must be followed by one more read, or the
-/// connection never hears from its client again. Decided at compile time from the same
-/// conditions mio uses to pick its selector.
-pub(crate) const SHORT_READ_MEANS_DRAINED: bool = cfg!(all(
-    not(mio_unsupported_force_poll_poll),
-    any(
-        target_os = "android",
-        target_os = "illumos",
-        target_os = "linux",
-        target_os = "redox",
-        target_os = "dragonfly",
-        target_os = "freebsd",
-        target_os = "ios",
-        target_os = "macos",
-        target_os = "netbsd",
-        target_os = "openbsd",
-        target_os = "tvos",
-        target_os = "visionos",
-        target_os = "watchos",
-    )
-));
 
 /// What the loop must do with a connection after serving it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,25 +76,52 @@ enum ReadStop {
     Budget,
 }
 
+/// How far the client's side of the stream has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadSide {
+    /// Open: the client may send more.
+    Open,
+    /// The client sent FIN (EPOLLRDHUP seen), but the EOF behind its data is still to be
+    /// read. Sticky: a short read is then not "drained" (see `read_some`).
+    FinSeen,
+    /// The EOF was read: nothing more will come.
+    Eof,
+}
+
+/// Whether reading waits for the next event or must be resumed by the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NextRead {
+    /// The last read loop reached `WouldBlock` (or a short read): an event will come.
+    OnEvent,
+    /// Reading stopped before `WouldBlock` (the budget or a cap); under edge triggering
+    /// no event will say there is more, so the loop comes back (see [`Connection::owes_read`]).
+    Owed,
+}
+
+/// How far our side of the stream has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteSide {
+    Open,
+    /// Our FIN has gone out (`shutdown(Write)`); nothing more will be written.
+    FinSent,
+}
+
 /// One client.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    /// The non-blocking socket (TCP or Unix: served alike), registered with the loop's
-    /// `Poll` under this slab key.
-    socket: Stream,
+    /// The non-blocking socket and whatever protocol rides on it, registered with the
+    /// loop's `Poll` under this slab key.
+    transport: AnyTransport,
     /// Who the client is, as shown in logs and counted by the per-IP cap.
     pub(crate) peer: Peer,
     /// Bytes read but not yet written back.
     pending: PendingOutput,
-    /// The client sent EOF; nothing more will be read.
-    read_eof: bool,
-    /// Sticky record that the peer half-closed (EPOLLRDHUP seen). While set, a short read
-    /// is not taken as "drained": the EOF behind it must still be read (see `read_some`).
-    peer_half_closed: bool,
-    /// Our FIN has gone out (`shutdown(Write)`); nothing more will be written.
-    fin_sent: bool,
-    /// Reading stopped before `WouldBlock`; under edge triggering nobody else will say so.
-    owes_read: bool,
+    /// The client's side: open, FIN seen, or EOF read.
+    read_side: ReadSide,
+    /// Whether the loop owes this connection a read.
+    next_read: NextRead,
+    /// Our side: open, or FIN sent.
+    write_side: WriteSide,
     /// What the socket is registered for now, to re-register only on change.
     pub(crate) registered: Interest,
     /// Set once the connection is finished; the loop closes it at the end of the turn and
@@ -153,20 +131,25 @@ pub(crate) struct Connection {
     pub(crate) bytes_in: u64,
     /// Bytes written to this client.
     pub(crate) bytes_out: u64,
-    /// Places in the loop's idle and stall lists (see `timers.rs`).
-    pub(crate) links: Links,
+    /// Places in the sessions' idle and stall lists (see `timers.rs`).
+    links: Links,
+}
+
+impl Linked for Connection {
+    fn links(&mut self) -> &mut Links {
+        &mut self.links
+    }
 }
 
 impl Connection {
-    pub(crate) fn new(socket: Stream, peer: Peer) -> Self {
+    pub(crate) fn new(transport: AnyTransport, peer: Peer) -> Self {
         Connection {
-            socket,
+            transport,
             peer,
             pending: PendingOutput::default(),
-            read_eof: false,
-            peer_half_closed: false,
-            fin_sent: false,
-            owes_read: false,
+            read_side: ReadSide::Open,
+            next_read: NextRead::OnEvent,
+            write_side: WriteSide::Open,
             registered: Interest::READABLE,
             closing: None,
             bytes_in: 0,
@@ -175,8 +158,8 @@ impl Connection {
         }
     }
 
-    pub(crate) fn socket_mut(&mut self) -> &mut Stream {
-        &mut self.socket
+    pub(crate) fn transport_mut(&mut self) -> &mut AnyTransport {
+        &mut self.transport
     }
 
     /// Bytes owed to the client now.
@@ -186,18 +169,21 @@ impl Connection {
 
     /// Reading stopped early and must be resumed by the loop, not by an event.
     pub(crate) fn owes_read(&self) -> bool {
-        self.owes_read
+        self.next_read == NextRead::Owed
     }
 
-    /// READABLE while it may read, WRITABLE while something is owed: the one place interest
-    /// is decided. (Never empty: mio needs at least one interest, and READABLE also brings
-    /// the hang-up and error reports.)
+    /// READABLE while it may read, WRITABLE while something is owed, joined with what the
+    /// transport's own protocol wants: the one place interest is decided. (Never empty: mio
+    /// needs at least one interest, and READABLE also brings the hang-up and error reports.)
     pub(crate) fn desired_interest(&self, limits: &Limits) -> Interest {
-        if self.pending.is_empty() {
+        let layer = self.transport.wants();
+        if self.pending.is_empty() && !layer.write {
             return Interest::READABLE; // the common case, decided first: it runs per message
         }
-        let wants_read = limits.reading_allowed && !self.read_eof && self.read_room(limits, 0) > 0;
-        if wants_read {
+        let echo_reads = limits.reading_allowed
+            && self.read_side != ReadSide::Eof
+            && self.read_room(limits, 0) > 0;
+        if echo_reads || layer.read {
             Interest::READABLE | Interest::WRITABLE
         } else {
             Interest::WRITABLE
@@ -237,28 +223,33 @@ impl Connection {
         stats: &mut Stats,
     ) -> io::Result<Outcome> {
         if ready.error
-            && let Some(err) = self.socket.take_error()?
+            && let Some(err) = self.transport.take_error()?
         {
             return Err(err);
         }
-        if ready.read_closed {
-            self.peer_half_closed = true;
+        if ready.read_closed && self.read_side == ReadSide::Open {
+            self.read_side = ReadSide::FinSeen;
         }
-        if ready.writable && !self.pending.is_empty() {
-            self.flush(token, stats)?;
+        if ready.writable {
+            // What the protocol holds of its own is older than anything owed: it goes first.
+            self.transport.flush_layer()?;
+            if !self.pending.is_empty() {
+                self.flush(token, stats)?;
+            }
         }
-        if !limits.reading_allowed && !self.read_eof {
+        let eof = self.read_side == ReadSide::Eof;
+        if !limits.reading_allowed && !eof {
             return self.linger(token, scratch, limits, stats);
         }
         let mut come_back = false;
-        let may_read = ready.readable || ready.read_closed || self.owes_read;
-        if may_read && !self.read_eof {
+        let may_read = ready.readable || ready.read_closed || self.owes_read();
+        if may_read && !eof {
             match self.read_some(token, scratch, limits, stats)? {
                 ReadStop::Budget => come_back = true,
                 ReadStop::Drained | ReadStop::Eof | ReadStop::Backpressure => {}
             }
         }
-        if self.pending.is_empty() && self.read_eof {
+        if self.pending.is_empty() && self.read_side == ReadSide::Eof {
             // Everything owed has gone out: the half-close handshake's second half.
             self.shut_down_writes(token);
             return Ok(Outcome::Finished(CloseReason::Eof));
@@ -279,7 +270,7 @@ impl Connection {
         if !self.pending.is_empty() {
             return Ok(Outcome::Open { come_back: false });
         }
-        if !self.fin_sent {
+        if self.write_side == WriteSide::Open {
             self.shut_down_writes(token);
         }
         // The same drain as always, with everything read dropped on the floor.
@@ -350,25 +341,25 @@ impl Connection {
                     token.0,
                     self.pending.len()
                 );
-                self.owes_read = true;
+                self.next_read = NextRead::Owed;
                 return Ok(ReadStop::Backpressure);
             }
             if budget == 0 {
                 trace!("token {}: read budget spent, yield", token.0);
-                self.owes_read = true;
+                self.next_read = NextRead::Owed;
                 return Ok(ReadStop::Budget);
             }
-            let n = match self.socket.read(&mut scratch[..room]) {
+            let n = match self.transport.read(&mut scratch[..room]) {
                 Ok(0) => {
                     trace!("token {}: read EOF", token.0);
-                    self.read_eof = true;
-                    self.owes_read = false;
+                    self.read_side = ReadSide::Eof;
+                    self.next_read = NextRead::OnEvent;
                     return Ok(ReadStop::Eof);
                 }
                 Ok(n) => n,
                 Err(err) if would_block(&err) => {
                     trace!("token {}: read WouldBlock", token.0);
-                    self.owes_read = false;
+                    self.next_read = NextRead::OnEvent;
                     return Ok(ReadStop::Drained);
                 }
                 Err(err) if interrupted(&err) => continue,
@@ -386,14 +377,17 @@ impl Connection {
                 Mode::Ack => self.send(token, ACK_REPLY, stats)?,
                 Mode::Discard => {}
             }
-            // The short-read shortcut (epoll and kqueue only, see SHORT_READ_MEANS_DRAINED):
-            // a stream socket's read returns less than asked only when its receive queue ran
-            // dry, and data arriving later raises a fresh edge. The exception is a FIN that
-            // came with the data: its edge is the one being handled now, so
-            // `peer_half_closed` (sticky) sends us on to read the EOF.
-            if SHORT_READ_MEANS_DRAINED && n < room && !self.peer_half_closed {
+            // The short-read shortcut (epoll and kqueue, plain streams only; see
+            // `SHORT_READ_MEANS_DRAINED`): a stream socket's read returns less than asked only
+            // when its receive queue ran dry, and data arriving later raises a fresh edge.
+            // The exception is a FIN that came with the data: its edge is the one being
+            // handled now, so `ReadSide::FinSeen` (sticky) sends us on to read the EOF.
+            if n < room
+                && self.read_side == ReadSide::Open
+                && self.transport.short_read_means_drained()
+            {
                 trace!("token {}: short read: socket drained", token.0);
-                self.owes_read = false;
+                self.next_read = NextRead::OnEvent;
                 return Ok(ReadStop::Drained);
             }
         }
@@ -408,7 +402,7 @@ impl Connection {
         }
         let mut written = 0;
         while written < bytes.len() {
-            match self.socket.write(&bytes[written..]) {
+            match self.transport.write(&bytes[written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     trace!("token {}: wrote {n} bytes", token.0);
@@ -434,7 +428,7 @@ impl Connection {
     /// Writes owed bytes until none are left or the socket is full.
     fn flush(&mut self, token: Token, stats: &mut Stats) -> io::Result<()> {
         while !self.pending.is_empty() {
-            match self.socket.write(self.pending.unsent()) {
+            match self.transport.write(self.pending.unsent()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     trace!("token {}: flushed {n} owed bytes", token.0);
@@ -463,8 +457,8 @@ impl Connection {
             "token {}: all caught up: shutdown(Write) sends our FIN",
             token.0
         );
-        self.fin_sent = true;
-        if let Err(err) = self.socket.shutdown_writes() {
+        self.write_side = WriteSide::FinSent;
+        if let Err(err) = self.transport.shutdown_writes() {
             trace!("token {}: shutdown(Write): {err}", token.0);
         }
     }
@@ -480,12 +474,4 @@ fn classify(err: &io::Error) -> CloseReason {
         | io::ErrorKind::TimedOut => CloseReason::Reset,
         _ => CloseReason::Error,
     }
-}
-
-pub(crate) fn would_block(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::WouldBlock
-}
-
-pub(crate) fn interrupted(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::Interrupted
 }

@@ -1,7 +1,8 @@
 //! Idle and stall timeouts at O(1) per event, with no allocation and no scan.
 //!
-//! Each timeout keeps an intrusive doubly-linked list threaded through the connection slab
-//! (the links live inside each [`Connection`]). A connection is moved to the back of a list
+//! Each timeout keeps an intrusive doubly-linked list threaded through a slab: the links
+//! live inside each entry, which says where through the [`Linked`] trait (so this file
+//! knows nothing of connections). A connection is moved to the back of a list
 //! whenever its clock restarts, and the loop stamps every move with the same `now` it read
 //! once per turn, so each list stays sorted oldest-first without ever being sorted. The
 //! only deadline that matters is at the front; it becomes `poll`'s timeout.
@@ -14,7 +15,10 @@ use std::time::Instant;
 
 use slab::Slab;
 
-use crate::connection::Connection;
+/// An entry of a slab that the lists thread through: it carries its own [`Links`].
+pub(crate) trait Linked {
+    fn links(&mut self) -> &mut Links;
+}
 
 /// One list's link in one connection. Neighbours are slab keys stored as `u32`: keys stay
 /// below the number of open sockets, which Linux caps under 2^30 (`fs.nr_open`), and every
@@ -41,10 +45,11 @@ pub(crate) enum Which {
     Stall,
 }
 
-fn link(conn: &mut Connection, which: Which) -> &mut Link {
+fn link(entry: &mut impl Linked, which: Which) -> &mut Link {
+    let links = entry.links();
     match which {
-        Which::Idle => &mut conn.links.idle,
-        Which::Stall => &mut conn.links.stall,
+        Which::Idle => &mut links.idle,
+        Which::Stall => &mut links.stall,
     }
 }
 
@@ -66,7 +71,7 @@ impl DeadlineList {
     }
 
     /// Restarts `key`'s clock at `now`: out of its place, onto the back.
-    pub(crate) fn touch(&mut self, slab: &mut Slab<Connection>, key: usize, now: Instant) {
+    pub(crate) fn touch(&mut self, slab: &mut Slab<impl Linked>, key: usize, now: Instant) {
         self.remove(slab, key);
         let old_tail = self.tail;
         let this = Some(key as u32);
@@ -83,7 +88,7 @@ impl DeadlineList {
     }
 
     /// Takes `key` out of the list, if it is in it.
-    pub(crate) fn remove(&mut self, slab: &mut Slab<Connection>, key: usize) {
+    pub(crate) fn remove(&mut self, slab: &mut Slab<impl Linked>, key: usize) {
         let Link { prev, next, since } = *link(&mut slab[key], self.which);
         if since.is_none() {
             return;
@@ -100,7 +105,7 @@ impl DeadlineList {
     }
 
     /// The connection whose clock restarted longest ago, and when.
-    pub(crate) fn oldest(&self, slab: &mut Slab<Connection>) -> Option<(usize, Instant)> {
+    pub(crate) fn oldest(&self, slab: &mut Slab<impl Linked>) -> Option<(usize, Instant)> {
         let key = self.head? as usize;
         let since = link(&mut slab[key], self.which).since?;
         Some((key, since))
@@ -110,26 +115,24 @@ impl DeadlineList {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
 
-    /// A slab of `n` real (loopback) connections, the lists' only habitat.
-    fn slab_of(n: usize) -> (Slab<Connection>, Vec<TcpStream>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut slab = Slab::new();
-        let mut peers = Vec::new();
-        for _ in 0..n {
-            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (server_side, peer) = listener.accept().unwrap();
-            let socket = crate::stream::Stream::Tcp(mio::net::TcpStream::from_std(server_side));
-            slab.insert(Connection::new(socket, crate::stream::Peer::Ip(peer)));
-            peers.push(client);
+    /// The smallest thing a list can thread through.
+    #[derive(Default)]
+    struct Entry(Links);
+
+    impl Linked for Entry {
+        fn links(&mut self) -> &mut Links {
+            &mut self.0
         }
-        (slab, peers)
+    }
+
+    fn slab_of(n: usize) -> Slab<Entry> {
+        (0..n).map(|key| (key, Entry::default())).collect()
     }
 
     /// Keys from oldest to newest, by walking the links.
-    fn order(list: &DeadlineList, slab: &mut Slab<Connection>) -> Vec<usize> {
+    fn order(list: &DeadlineList, slab: &mut Slab<Entry>) -> Vec<usize> {
         let mut keys = Vec::new();
         let mut at = list.head;
         while let Some(key) = at {
@@ -141,7 +144,7 @@ mod tests {
 
     #[test]
     fn touch_moves_to_the_back_and_remove_unlinks_from_anywhere() {
-        let (mut slab, _peers) = slab_of(4);
+        let mut slab = slab_of(4);
         let t0 = Instant::now();
         let mut list = DeadlineList::new(Which::Idle);
         for key in 0..4 {
@@ -167,7 +170,7 @@ mod tests {
 
     #[test]
     fn the_two_lists_are_independent() {
-        let (mut slab, _peers) = slab_of(2);
+        let mut slab = slab_of(2);
         let now = Instant::now();
         let mut idle = DeadlineList::new(Which::Idle);
         let mut stall = DeadlineList::new(Which::Stall);

@@ -1,12 +1,12 @@
-//! The server's counters: plain named numbers, each with its unit, updated by the loop
-//! and handed back by [`Server::run`](crate::Server::run).
+//! The server's counters: plain named numbers, each with its unit, updated by whichever
+//! room does the counted thing and handed back by [`Server::run`](crate::Server::run).
 //!
 //! The invariants tests lean on: `accepted == closed_total() + active`; for echo
 //! connections that finished cleanly, bytes out equal bytes in; and for UDP in echo mode,
 //! `udp_datagrams_in == udp_datagrams_out + udp_refused()` (datagrams the kernel dropped
 //! from a full queue, `udp_dropped_queue_full`, were never read, so never counted in).
 
-use std::fmt::Write as _;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 /// Why a connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,30 +222,17 @@ impl Stats {
             ("udp_unanswered_short", self.udp_unanswered_short),
         ]
     }
+}
 
-    /// `key=value` pairs separated by spaces, for humans and `grep`.
-    pub fn to_text(&self) -> String {
-        let mut line = String::new();
-        for (i, (name, value)) in self.fields().iter().enumerate() {
-            if i > 0 {
-                line.push(' ');
-            }
-            let _ = write!(line, "{name}={value}");
+/// One flat JSON object of integers, every counter in [`Stats::fields`]' order (what
+/// `--stats-json` prints and benchmark scripts read).
+impl Serialize for Stats {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let fields = self.fields();
+        let mut map = serializer.serialize_map(Some(fields.len()))?;
+        for (name, value) in fields {
+            map.serialize_entry(name, &value)?;
         }
-        line
-    }
-
-    /// One flat JSON object of integers, for benchmark scripts.
-    pub fn to_json(&self) -> String {
-        let mut line = String::from("{");
-        for (i, (name, value)) in self.fields().iter().enumerate() {
-            if i > 0 {
-                line.push(',');
-            }
-            // Names are fixed ASCII identifiers and values integers: nothing to escape.
-            let _ = write!(line, "\"{name}\":{value}");
-        }
-        line.push('}');
-        line
+        map.end()
     }
 }
