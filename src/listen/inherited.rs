@@ -7,7 +7,7 @@
 //! serve, makes it non-blocking, and wraps it as a [`Listener`] like any other.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use listenfd::ListenFd;
 use log::{info, warn};
@@ -32,7 +32,8 @@ pub struct Inherited {
 /// another process.
 ///
 /// A descriptor that is not a socket at all is an error (the unit is wrong). A socket of a
-/// kind echod does not serve (datagram, not listening) is skipped with a warning.
+/// kind echod does not serve (a Unix datagram socket, one not listening) is skipped with
+/// a warning; TCP, Unix stream and UDP sockets are served.
 pub fn take_all() -> Result<Inherited, ListenError> {
     let Some(count) = std::env::var_os("LISTEN_FDS") else {
         return Ok(Inherited::default());
@@ -107,13 +108,21 @@ fn take_one(passed: &mut ListenFd, index: usize) -> io::Result<Option<Passed>> {
             taken.map(|_| Passed::Other("a Unix datagram socket, which echod does not serve"))
         );
     }
-    // Neither stream nor datagram of a known family: let listenfd say why (its message
-    // says "is not a socket" for a file or pipe), and make it an error.
-    match passed.take_tcp_listener(index) {
-        Err(err) if err.to_string().contains("not a socket") => Err(err),
-        _ => Ok(passed
-            .take_raw_fd(index)?
-            .map(|_| Passed::Other("a socket of a kind echod does not serve"))),
+    // Neither stream nor datagram of a known family. Ask the kernel what it is: a
+    // descriptor that is no socket at all (a file, a pipe) means the unit is wrong.
+    let Some(fd) = passed.take_raw_fd(index)? else {
+        return Ok(None);
+    };
+    // SAFETY: listenfd handed the descriptor over: it is open, and ours alone from now on.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    match SockRef::from(&owned).r#type() {
+        Err(err) if err.raw_os_error() == Some(libc::ENOTSOCK) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} is not a socket"),
+        )),
+        _ => Ok(Some(Passed::Other(
+            "a socket of a kind echod does not serve",
+        ))),
     }
 }
 
