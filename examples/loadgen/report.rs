@@ -206,56 +206,46 @@ impl Report {
         t
     }
 
+    /// One JSON object (serde_json: nothing hand-escaped), figures to three decimals;
+    /// a figure that could not be measured is `null`.
     pub fn to_json(&self) -> String {
-        let mut j = String::from("{");
-        let mut field = |name: &str, value: String| {
-            if j.len() > 1 {
-                j.push(',');
-            }
-            let _ = write!(j, "\"{name}\":{value}");
-        };
-        let num = |v: f64| format!("{v:.3}");
-        let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
-        field("conns", self.totals.connected.to_string());
-        field("size", self.size.to_string());
-        field("duration_s", num(self.duration.as_secs_f64()));
-        field("msgs", self.totals.msgs.to_string());
-        field("msgs_per_s", num(self.msgs_per_s()));
-        field("mb_per_s", num(self.msgs_per_s() * self.size as f64 / 1e6));
-        field("p50_us", num(self.micros(0.5)));
-        field("p90_us", num(self.micros(0.9)));
-        field("p99_us", num(self.micros(0.99)));
-        field("p999_us", num(self.micros(0.999)));
-        field("max_us", num(self.totals.latency.max() as f64 / 1000.0));
-        field("errors", self.errors().to_string());
-        field("connect_failures", self.totals.connect_failures.to_string());
-        field("mismatches", self.totals.mismatches.to_string());
-        field("resets", self.totals.resets.to_string());
-        field("eofs", self.totals.eofs.to_string());
-        field("answered", self.totals.answered.to_string());
-        field("behind", self.totals.behind.to_string());
-        field("server_cpu_us_per_msg", opt(self.cpu_us_per_msg()));
-        field(
-            "server_rss_before_kib",
-            opt(self.server_rss_before_kib.map(|v| v as f64)),
-        );
-        field(
-            "server_rss_loaded_kib",
-            opt(self.server_rss_loaded_kib.map(|v| v as f64)),
-        );
-        field("server_rss_per_conn_kib", opt(self.rss_per_conn_kib()));
-        field("churn", self.churn.to_string());
-        field("udp", self.udp.to_string());
-        field("lost", self.totals.lost.to_string());
-        field("cycles", self.totals.cycles.to_string());
-        field("loadgen_sleeps", self.totals.sleeps.to_string());
-        field("conns_per_s", num(self.conns_per_s()));
-        field("connect_p50_us", num(self.connect_micros(0.5)));
-        field("connect_p90_us", num(self.connect_micros(0.9)));
-        field("connect_p99_us", num(self.connect_micros(0.99)));
-        field("connect_p999_us", num(self.connect_micros(0.999)));
-        field("server_cpu_us_per_conn", opt(self.cpu_us_per_conn()));
-        j.push('}');
-        j
+        let num = |v: f64| (v * 1000.0).round() / 1000.0;
+        let opt = |v: Option<f64>| v.map(num);
+        serde_json::json!({
+            "conns": self.totals.connected,
+            "size": self.size,
+            "duration_s": num(self.duration.as_secs_f64()),
+            "msgs": self.totals.msgs,
+            "msgs_per_s": num(self.msgs_per_s()),
+            "mb_per_s": num(self.msgs_per_s() * self.size as f64 / 1e6),
+            "p50_us": num(self.micros(0.5)),
+            "p90_us": num(self.micros(0.9)),
+            "p99_us": num(self.micros(0.99)),
+            "p999_us": num(self.micros(0.999)),
+            "max_us": num(self.totals.latency.max() as f64 / 1000.0),
+            "errors": self.errors(),
+            "connect_failures": self.totals.connect_failures,
+            "mismatches": self.totals.mismatches,
+            "resets": self.totals.resets,
+            "eofs": self.totals.eofs,
+            "answered": self.totals.answered,
+            "behind": self.totals.behind,
+            "server_cpu_us_per_msg": opt(self.cpu_us_per_msg()),
+            "server_rss_before_kib": self.server_rss_before_kib,
+            "server_rss_loaded_kib": self.server_rss_loaded_kib,
+            "server_rss_per_conn_kib": opt(self.rss_per_conn_kib()),
+            "churn": self.churn,
+            "udp": self.udp,
+            "lost": self.totals.lost,
+            "cycles": self.totals.cycles,
+            "loadgen_sleeps": self.totals.sleeps,
+            "conns_per_s": num(self.conns_per_s()),
+            "connect_p50_us": num(self.connect_micros(0.5)),
+            "connect_p90_us": num(self.connect_micros(0.9)),
+            "connect_p99_us": num(self.connect_micros(0.99)),
+            "connect_p999_us": num(self.connect_micros(0.999)),
+            "server_cpu_us_per_conn": opt(self.cpu_us_per_conn()),
+        })
+        .to_string()
     }
 }

@@ -325,20 +325,21 @@ pub fn example(name: &str) -> std::process::Command {
     std::process::Command::new(path)
 }
 
-/// The integer (or float, truncated) value of `"key":` in a flat JSON line, as the load
-/// generator prints it.
+/// The integer (or float, truncated) value of `"key"` in the JSON object on the last line
+/// of `json`, as the load generator and `--stats-json` print it.
 #[track_caller]
 pub fn json_field(json: &str, key: &str) -> u64 {
-    let start = json
-        .find(&format!("\"{key}\":"))
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + key.len()
-        + 3;
-    let digits: String = json[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().unwrap()
+    let last = json
+        .lines()
+        .rfind(|line| !line.trim().is_empty())
+        .unwrap_or("");
+    let object: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|err| panic!("{err}: {json}"));
+    let value = &object[key];
+    value
+        .as_u64()
+        .or_else(|| value.as_f64().map(|v| v as u64))
+        .unwrap_or_else(|| panic!("no number {key} in {json}"))
 }
 
 /// Runs the load generator against `addr` (no warm-up, JSON out); returns its output and
