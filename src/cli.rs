@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::builder::RangedU64ValueParser;
+use clap::{ArgAction, Parser};
+use log::warn;
 
 use crate::config::{
     Config, DEFAULT_BACKLOG, DEFAULT_MAX_PENDING, DEFAULT_UDP_MAX_DATAGRAM,
@@ -74,40 +76,40 @@ pub struct Args {
 
     /// Connections open at once; more are accepted and closed at once.
     /// Default: the descriptor limit minus a small reserve.
-    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    #[arg(long, value_name = "N", value_parser = at_least_one())]
     pub max_connections: Option<usize>,
 
     /// Connections open at once from one IP address; more are accepted and closed.
     /// Default: no per-address cap.
-    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    #[arg(long, value_name = "N", value_parser = at_least_one())]
     pub max_connections_per_ip: Option<usize>,
 
     /// Close a connection that has sent nothing and is owed nothing for this long.
     /// Default: never.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub idle_timeout: Option<Duration>,
 
     /// Close a connection whose unsent output has not moved for this long (a client that
     /// sends but never reads). Default: never.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub stall_timeout: Option<Duration>,
 
     /// On SIGINT/SIGTERM (or a stop request), how long to keep flushing owed output before closing anyway.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds,
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true,
           default_value = "5")]
     pub shutdown_timeout: Duration,
 
     /// What to do with what clients send: echo it back, answer "Got it!" per read, or
     /// discard it (RFC 863).
-    #[arg(long, value_enum, default_value_t = ModeArg::Echo)]
-    pub mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = Mode::Echo)]
+    pub mode: Mode,
 
     /// Print what is heard to stdout as `Server heard "…" from PEER` (costs a write per read).
     #[arg(long)]
     pub print: bool,
 
     /// Log a line of counters this often. Default: only at exit and on SIGUSR1.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub stats_interval: Option<Duration>,
 
     /// Write stats lines as one JSON object each, on stdout.
@@ -121,17 +123,6 @@ pub struct Args {
     /// Less logging: -q for warnings only, -qq for errors only. RUST_LOG wins.
     #[arg(short, long, action = ArgAction::Count)]
     pub quiet: u8,
-}
-
-/// `--mode` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
-    /// Send every byte back (RFC 862).
-    Echo,
-    /// Reply "Got it!" for every chunk read, as the tutorial's server does.
-    Ack,
-    /// Read and drop (RFC 863).
-    Discard,
 }
 
 impl Args {
@@ -149,9 +140,23 @@ impl Args {
 
     /// The validated configuration; `descriptor_limit` sets `--max-connections`' default.
     pub fn into_config(self, descriptor_limit: Option<u64>) -> Config {
-        let max_connections = self.max_connections.unwrap_or_else(|| {
-            descriptor_limit.map_or(usize::MAX, crate::fdlimit::default_max_connections)
+        // Above the descriptor limit a connection could never be open: each needs one.
+        // (Between the default's reserve and the limit is allowed: running out there is
+        // what the acceptor's spare descriptor is for.)
+        let ceiling = descriptor_limit.map_or(usize::MAX, |limit| {
+            usize::try_from(limit).unwrap_or(usize::MAX)
         });
+        let max_connections = match self.max_connections {
+            None => descriptor_limit.map_or(usize::MAX, crate::fdlimit::default_max_connections),
+            Some(asked) if asked > ceiling => {
+                warn!(
+                    "--max-connections {asked} is more than the descriptor limit ({ceiling}) \
+                     allows; using {ceiling} (raise `ulimit -n` for more)"
+                );
+                ceiling
+            }
+            Some(asked) => asked,
+        };
         Config {
             // Empty means the default, unless systemd passed sockets (see `Server::bind`).
             listen: self.listen,
@@ -172,11 +177,7 @@ impl Args {
             idle_timeout: self.idle_timeout,
             stall_timeout: self.stall_timeout,
             shutdown_timeout: self.shutdown_timeout,
-            mode: match self.mode {
-                ModeArg::Echo => Mode::Echo,
-                ModeArg::Ack => Mode::Ack,
-                ModeArg::Discard => Mode::Discard,
-            },
+            mode: self.mode,
             print: self.print,
             stats_interval: self.stats_interval,
             stats_json: self.stats_json,
@@ -235,12 +236,10 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_positive(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_string()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("'{text}' is not a whole number")),
-    }
+/// A count of connections: at least 1, at most Linux's ceiling on descriptors per
+/// process (`fs.nr_open` cannot exceed 2^30), since each connection needs one.
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..=1 << 30)
 }
 
 /// Seconds, fractions allowed (`0.5`); more than zero.
@@ -298,5 +297,25 @@ mod tests {
     fn max_connections_defaults_to_the_descriptor_limit_less_a_reserve() {
         let config = Args::parse_from(["echod"]).into_config(Some(1024));
         assert_eq!(config.max_connections, 1024 - 32);
+    }
+
+    #[test]
+    fn max_connections_above_the_descriptor_limit_is_clamped() {
+        let args = Args::parse_from(["echod", "--max-connections", "100000"]);
+        assert_eq!(args.into_config(Some(1024)).max_connections, 1024);
+        let args = Args::parse_from(["echod", "--max-connections", "1000"]);
+        assert_eq!(args.into_config(Some(1024)).max_connections, 1000);
+        let args = Args::parse_from(["echod", "--max-connections", "10"]);
+        assert_eq!(args.into_config(Some(1024)).max_connections, 10);
+    }
+
+    #[test]
+    fn a_negative_duration_is_a_bad_value_not_an_unknown_flag() {
+        let err = Args::try_parse_from(["echod", "--idle-timeout", "-1"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(
+            err.to_string().contains("must be more than 0 seconds"),
+            "{err}"
+        );
     }
 }

@@ -34,15 +34,15 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// instance, signals, logging and the spare descriptor used to turn clients away.
 pub const DESCRIPTOR_RESERVE: u64 = 32;
 
-/// What the server does with the bytes it reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// What the server does with the bytes it reads (`--mode`; each doc line is its help).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Mode {
-    /// RFC 862: every byte goes back to its sender, in order, untouched.
+    /// Send every byte back, in order, untouched (RFC 862).
     #[default]
     Echo,
-    /// The tutorial's server: answer `Got it!` for every chunk read.
+    /// Reply "Got it!" for every chunk read, as the tutorial's server does.
     Ack,
-    /// RFC 863: read and drop.
+    /// Read and drop (RFC 863).
     Discard,
 }
 
@@ -52,7 +52,7 @@ pub const ACK_REPLY: &[u8] = b"Got it!";
 /// Everything a [`Server`](crate::Server) needs to know, already validated.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `HOST:PORT`, `unix:PATH` or `unix:@NAME` specs; each is resolved and every
+    /// `HOST:PORT`, `udp:HOST:PORT`, `unix:PATH` or `unix:@NAME` specs; each is resolved and every
     /// resolved address is bound. Empty: [`DEFAULT_LISTEN`], unless sockets were inherited.
     pub listen: Vec<String>,
     /// Adopt sockets passed by systemd (`LISTEN_FDS`) besides those in `listen`.

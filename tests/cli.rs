@@ -38,6 +38,55 @@ fn a_bad_value_is_one_line_and_exit_2() {
 }
 
 #[test]
+fn a_malformed_address_is_one_line_naming_what_is_wrong_and_exit_2() {
+    let long_path = format!("unix:/tmp/{}", "x".repeat(120));
+    let cases = [
+        ("nonsense", "no port (HOST:PORT"),
+        ("localhost:99999", "port 99999 is out of range (0 to 65535)"),
+        ("udp:", "names no address (udp:HOST:PORT"),
+        ("udp:localhost", "no port (udp:HOST:PORT"),
+        ("::1:7", "an IPv6 address goes in brackets"),
+        ("unix:", "names no socket"),
+        (
+            &long_path,
+            "too long (125 bytes; a Unix socket address holds at most 107)",
+        ),
+    ];
+    for (spec, why) in cases {
+        let out = echod().args(["--listen", spec]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{spec}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{spec}: {stderr}");
+        let expected = format!("echod: invalid value '{spec}' for '--listen <ADDR>': {why}");
+        assert!(stderr.starts_with(&expected), "{spec}: {stderr}");
+    }
+}
+
+#[test]
+fn a_negative_duration_is_a_bad_value_not_an_unknown_flag() {
+    let out = echod().args(["--idle-timeout", "-1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(
+            "echod: invalid value '-1' for '--idle-timeout <SECS>': must be more than 0 seconds"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn more_connections_than_descriptors_is_a_warning_and_a_clamp() {
+    let server = BinaryServer::start(&["--max-connections", "1000000000"]);
+    let log = server.wait_for_log("max connections:");
+    assert!(
+        log.contains("--max-connections 1000000000 is more than the descriptor limit"),
+        "{log}"
+    );
+    assert!(!log.contains("max connections: 1000000000"), "{log}");
+}
+
+#[test]
 fn a_taken_address_names_itself_and_the_os_error_and_exits_1() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

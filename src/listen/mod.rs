@@ -202,22 +202,66 @@ pub enum ListenSpec {
     UnixAbstract(String),
 }
 
+/// The longest Unix socket address: `sun_path` holds 108 bytes, one of them the path's
+/// closing NUL (or, for an abstract name, the leading one). A longer path can still be
+/// created (echod binds inside a short private directory, then links the file in), but
+/// no client could ever connect to it.
+const UNIX_ADDRESS_MAX: usize = 107;
+
 impl ListenSpec {
-    /// `unix:@NAME`, `unix:PATH`, `udp:HOST:PORT`, or else `HOST:PORT`.
+    /// `unix:@NAME`, `unix:PATH`, `udp:HOST:PORT`, or else `HOST:PORT`. Checks the form
+    /// only (a name is resolved when it is bound): what is wrong is said in one line.
     pub fn parse(spec: &str) -> Result<ListenSpec, String> {
         if let Some(host_port) = spec.strip_prefix("udp:") {
+            check_host_port(host_port, "udp:HOST:PORT, e.g. udp:localhost:50007")?;
             return Ok(ListenSpec::Udp(host_port.to_string()));
         }
-        match spec.strip_prefix("unix:") {
-            Some("") | Some("@") => Err(format!(
-                "'{spec}' names no socket (unix:PATH or unix:@NAME)"
-            )),
-            Some(rest) => Ok(match rest.strip_prefix('@') {
-                Some(name) => ListenSpec::UnixAbstract(name.to_string()),
-                None => ListenSpec::UnixPath(rest.into()),
-            }),
-            None => Ok(ListenSpec::Tcp(spec.to_string())),
+        let Some(rest) = spec.strip_prefix("unix:") else {
+            check_host_port(spec, "HOST:PORT, e.g. localhost:50007")?;
+            return Ok(ListenSpec::Tcp(spec.to_string()));
+        };
+        let (named, parsed) = match rest.strip_prefix('@') {
+            Some(name) => (name, ListenSpec::UnixAbstract(name.to_string())),
+            None => (rest, ListenSpec::UnixPath(rest.into())),
+        };
+        if named.is_empty() {
+            return Err("names no socket (unix:PATH or unix:@NAME)".to_string());
         }
+        if named.len() > UNIX_ADDRESS_MAX {
+            return Err(format!(
+                "too long ({} bytes; a Unix socket address holds at most {UNIX_ADDRESS_MAX}): \
+                 use a shorter path",
+                named.len()
+            ));
+        }
+        Ok(parsed)
+    }
+}
+
+/// `HOST:PORT` as written: a host (a name, an IPv4 address, or an IPv6 one in brackets)
+/// and a port from 0 to 65535. `form` is how the flag should have looked. The message
+/// is what follows the flag's value in "invalid value … for --listen: …".
+fn check_host_port(host_port: &str, form: &str) -> Result<(), String> {
+    if host_port.is_empty() {
+        return Err(format!("names no address ({form})"));
+    }
+    let Some((host, port)) = host_port.rsplit_once(':') else {
+        return Err(format!("no port ({form})"));
+    };
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.contains(':') && !bracketed {
+        return Err("an IPv6 address goes in brackets, e.g. [::1]:50007".to_string());
+    }
+    if host.is_empty() || host == "[]" {
+        return Err(format!("no host ({form})"));
+    }
+    if port.is_empty() {
+        return Err(format!("no port ({form})"));
+    }
+    match port.parse::<u64>() {
+        Ok(n) if n <= u64::from(u16::MAX) => Ok(()),
+        Ok(n) => Err(format!("port {n} is out of range (0 to 65535)")),
+        Err(_) => Err(format!("'{port}' is not a port number ({form})")),
     }
 }
 
@@ -322,5 +366,26 @@ mod tests {
         );
         assert!(ListenSpec::parse("unix:").is_err());
         assert!(ListenSpec::parse("unix:@").is_err());
+    }
+
+    #[test]
+    fn a_malformed_address_says_what_is_wrong() {
+        let said = |spec: &str| ListenSpec::parse(spec).unwrap_err();
+        assert!(said("nonsense").starts_with("no port (HOST:PORT"));
+        assert!(said("localhost:99999").contains("port 99999 is out of range"));
+        assert!(said("localhost:http").contains("'http' is not a port number"));
+        assert!(said("udp:").starts_with("names no address (udp:HOST:PORT"));
+        assert!(said("udp:localhost").starts_with("no port (udp:HOST:PORT"));
+        assert!(said(":7").starts_with("no host"));
+        assert!(said("::1:7").contains("in brackets"));
+        let long = format!("unix:/tmp/{}", "x".repeat(103));
+        assert!(
+            said(&long)
+                .starts_with("too long (108 bytes; a Unix socket address holds at most 107)")
+        );
+        let longest = format!("unix:/tmp/{}", "x".repeat(102));
+        assert!(ListenSpec::parse(&longest).is_ok());
+        assert!(ListenSpec::parse("[::]:0").is_ok());
+        assert!(ListenSpec::parse("udp:[::1]:65535").is_ok());
     }
 }
