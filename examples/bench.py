@@ -23,7 +23,7 @@ p99 latency, peak RSS, and RSS per idle connection.
 `--sweep` runs 64 B ping-pong at each of --sweep-points connections for echod, the
 references and echod-poll (echod on mio's poll(2) selector, built in target/poll), and
 draws server CPU per message and p99 latency against connections as SVG charts
-(docs/sweep-cpu.svg, docs/sweep-p99.svg; matplotlib is installed with pip if missing).
+(docs/sweep-cpu.svg, docs/sweep-p99.svg; needs matplotlib: examples/requirements.txt).
 
 Only loopback (127.0.0.0/8) is used; every run is bounded by --duration and timeouts.
 Figures drift on a shared machine: compare servers within one run, as ratios.
@@ -76,6 +76,8 @@ UDP_SCENARIOS = ["u1", "u2", "u3", "u4"]
 # Closed loops of echoes (not holding idle, not churning): where --busy-poll and --together apply.
 CLOSED_LOOP = ["100x64", "10kx64", "16k", "pipe8"] + UDP_SCENARIOS
 UDP_SERVERS = ["echod", "c-udp", "c-udp-mmsg", "c-udp-gso", "tokio-udp"]
+# Servers built from this checkout: they need nothing from ../shared/bench.
+OWN_SERVERS = ["echod", "echod-b", "echod-poll"]
 # The figures that matter per scenario: (cost key, rate key, rate label).
 PER_CONNECTION = ("server_cpu_us_per_conn", "conns_per_s", "conns/s")
 PER_MESSAGE = ("server_cpu_us_per_msg", "msgs_per_s", "msgs/s")
@@ -106,8 +108,15 @@ def build(anchors, servers):
         env = dict(os.environ, RUSTFLAGS="--cfg mio_unsupported_force_poll_poll",
                    CARGO_TARGET_DIR=POLL_TARGET)
         subprocess.run(["cargo", "build", "--release", "--bins", "-q"], cwd=ROOT, env=env, check=True)
-    log("build: reference servers")
-    subprocess.run(["bash", os.path.join(anchors, "build.sh")], check=True, stdout=sys.stderr)
+    references = [name for name in servers if name not in OWN_SERVERS]
+    if references:
+        build_sh = os.path.join(anchors, "build.sh")
+        if not os.path.exists(build_sh):
+            sys.exit(f"bench.py: the reference servers {', '.join(references)} need {build_sh} "
+                     "(../shared/bench beside the checkout; see docs/performance.md), "
+                     "or measure echod alone: --servers echod --udp-servers echod")
+        log("build: reference servers")
+        subprocess.run(["bash", build_sh], check=True, stdout=sys.stderr)
     for tool in ("taskset", "strace"):
         if shutil.which(tool) is None:
             subprocess.run(["apt-get", "install", "-y", "-q", "util-linux", "strace"],
@@ -403,8 +412,10 @@ def main():
     parser.add_argument("--sweep-busy", type=int, metavar="N",
                         help="with --sweep: only N connections busy, the rest held idle by a "
                              "second load generator (most clients idle: the C10K case)")
-    parser.add_argument("--udp-servers", nargs="+", default=UDP_SERVERS,
-                        help="servers for the UDP scenarios u1–u4")
+    parser.add_argument("--udp-servers", nargs="+", default=None,
+                        help="servers for the UDP scenarios u1–u4 (default: all the UDP "
+                             "references, or with --servers, those of its servers that speak "
+                             "UDP: `--servers echod` measures echod alone)")
     parser.add_argument("--busy-poll", action="store_true",
                         help="the load generator never sleeps (loadgen --busy-poll), so the "
                              "servers' replies never wake it: less of the machine's wake-up "
@@ -416,6 +427,9 @@ def main():
                         help="another echod binary, run as server echod-b beside echod in "
                              "every round (A/B of a change: the tables gain ÷ echod-b)")
     opts = parser.parse_args()
+    if opts.udp_servers is None:
+        opts.udp_servers = (list(UDP_SERVERS) if opts.servers == DEFAULT_SERVERS
+                            else [n for n in opts.servers if n in UDP_SERVERS + OWN_SERVERS])
     if opts.echod_b:
         global ECHOD_B
         ECHOD_B = os.path.abspath(opts.echod_b)
@@ -429,10 +443,11 @@ def main():
             build(opts.anchors, opts.servers)
         return sweep(opts)
 
-    if not opts.no_build:
-        build(opts.anchors, opts.servers)
     tcp_scenarios = [s for s in opts.scenarios if s not in UDP_SCENARIOS]
     udp_scenarios = [s for s in opts.scenarios if s in UDP_SCENARIOS]
+    if not opts.no_build:
+        build(opts.anchors, (opts.servers if tcp_scenarios else [])
+              + (opts.udp_servers if udp_scenarios else []))
     port = 21000  # below the ephemeral range (32768+), which TIME_WAIT client ports fill
     if opts.together:
         if opts.busy_poll:
@@ -767,9 +782,8 @@ def plot_sweep(opts, results):
     try:
         import matplotlib
     except ImportError:
-        log("install: matplotlib (pip)")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=True)
-        import matplotlib
+        sys.exit("bench.py: --sweep draws its charts with matplotlib: "
+                 "pip install -r examples/requirements.txt")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     matplotlib.rcParams["svg.hashsalt"] = "echod"  # stable ids: a re-run diffs only in data
