@@ -23,7 +23,7 @@
 //! Exit status: 0 when every echo matched; 1 when one differed, the connection closed
 //! early, a wait timed out, or no address would connect; 2 for bad flags.
 
-use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -49,8 +49,8 @@ struct Args {
     #[arg(long, default_value_t = 50007)]
     port: u16,
 
-    /// Prompt for messages until EOF (the default when no message is given and stdin is a
-    /// terminal). With stdin piped, each line is one message.
+    /// Prompt for messages until EOF, the tutorial's interactive client. With stdin piped,
+    /// each line is one message. (Without it, the messages given, or the two defaults.)
     #[arg(long)]
     interactive: bool,
 
@@ -104,8 +104,7 @@ fn run(args: &Args) -> Result<(), String> {
     };
     let stream = stream.as_mut();
 
-    let interactive = args.interactive || (args.messages.is_empty() && io::stdin().is_terminal());
-    if interactive {
+    if args.interactive {
         return converse(stream, args.hex);
     }
     let messages: Vec<&str> = if args.messages.is_empty() {
