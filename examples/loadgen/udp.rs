@@ -17,6 +17,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use echod::readiness::syscall_result;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
@@ -268,15 +269,6 @@ fn unsend(flow: &mut Flow, count: usize) {
     for _ in 0..count {
         flow.next_seq -= 1;
         flow.in_flight[(flow.next_seq % depth) as usize] = None;
-    }
-}
-
-/// A libc call's return value as a result: negative means `errno` says what went wrong.
-fn syscall_result(rc: isize) -> io::Result<usize> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as usize)
     }
 }
 
