@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::thread;
 
-use common::{TestServer, connect, pattern, read_to_end, round_trip};
+use common::{TestServer, connect, flood_without_reading, pattern, read_to_end, round_trip};
 use echod::Config;
 
 #[test]
@@ -147,33 +147,10 @@ fn a_peer_reset_mid_stream_closes_only_that_connection() {
 #[test]
 fn a_client_that_floods_without_reading_is_held_at_the_cap_and_loses_nothing() {
     const TOTAL: usize = 64 << 20;
-    let cap = echod::config::DEFAULT_MAX_PENDING as u64;
     let server = TestServer::start();
-    let mut writer = server.connect();
-    let mut reader = writer.try_clone().unwrap();
-    let data = pattern(64, TOTAL);
-    let expected = data.clone();
-    let writing = thread::spawn(move || {
-        for chunk in data.chunks(1 << 20) {
-            writer.write_all(chunk).unwrap();
-        }
-        writer
-    });
-    // The server fills this connection's pending output to the cap and stops reading.
-    server.wait_for("backpressure to engage", |s| {
-        s.peak_pending_connection == cap
-    });
-    let mut received = vec![0; TOTAL];
-    reader.read_exact(&mut received).unwrap();
-    assert!(received == expected, "64 MiB echo differs");
-    let writer = writing.join().unwrap();
-    drop(writer);
-    drop(reader);
-    let stats = server.stop();
-    assert_eq!(
-        stats.peak_pending_connection, cap,
-        "pending exceeded the cap"
-    );
+    let writer = server.connect();
+    let reader = writer.try_clone().unwrap();
+    let stats = flood_without_reading(server, writer, reader, 64, TOTAL, || {});
     assert_eq!(stats.bytes_out, TOTAL as u64);
 }
 

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::thread;
 
-use common::{TestServer, connect_unix, pattern, read_to_end, round_trip};
+use common::{TestServer, connect_unix, flood_without_reading, pattern, read_to_end, round_trip};
 use echod::{Config, Server};
 
 /// A fresh directory for this test's socket files, removed afterwards.
@@ -77,36 +77,16 @@ fn thirty_two_mib_over_an_abstract_name() {
 #[test]
 fn a_unix_client_that_never_reads_is_held_at_the_cap_and_loses_nothing() {
     const TOTAL: usize = 16 << 20;
-    let cap = echod::config::DEFAULT_MAX_PENDING as u64;
     let dir = scratch_dir();
     let path = dir.path().join("flood.sock");
     let server = server_at(&path);
-    let mut writer = connect_unix(path_str(&path));
-    let mut reader = writer.try_clone().unwrap();
-    let data = pattern(16, TOTAL);
-    let expected = data.clone();
-    let writing = thread::spawn(move || {
-        for chunk in data.chunks(1 << 20) {
-            writer.write_all(chunk).unwrap();
-        }
-        writer
+    let writer = connect_unix(path_str(&path));
+    let reader = writer.try_clone().unwrap();
+    let stats = flood_without_reading(server, writer, reader, 16, TOTAL, || {
+        // A bystander is served meanwhile.
+        let mut bystander = connect_unix(path_str(&path));
+        round_trip(&mut bystander, b"not starved");
     });
-    server.wait_for("backpressure to engage", |s| {
-        s.peak_pending_connection == cap
-    });
-    // A bystander is served meanwhile.
-    let mut bystander = connect_unix(path_str(&path));
-    round_trip(&mut bystander, b"not starved");
-    let mut received = vec![0; TOTAL];
-    reader.read_exact(&mut received).unwrap();
-    assert!(received == expected, "16 MiB echo differs");
-    drop(writing.join().unwrap());
-    drop((reader, bystander));
-    let stats = server.stop();
-    assert_eq!(
-        stats.peak_pending_connection, cap,
-        "pending exceeded the cap"
-    );
     assert_eq!(stats.bytes_out, TOTAL as u64 + 11);
 }
 

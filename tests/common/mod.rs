@@ -325,6 +325,46 @@ pub fn example(name: &str) -> std::process::Command {
     std::process::Command::new(path)
 }
 
+/// A client that floods without reading: a thread writes `total` bytes of
+/// `pattern(seed, …)` through `writer` while nobody reads, until the server holds
+/// `--max-pending` for it and so stops reading it; then `meanwhile` runs (other clients
+/// must still be served), and only then is every byte read back through `reader` and
+/// checked. Returns the stats of the stopped server.
+#[track_caller]
+pub fn flood_without_reading<S: Read + Write + Send + 'static>(
+    server: TestServer,
+    mut writer: S,
+    mut reader: S,
+    seed: u64,
+    total: usize,
+    meanwhile: impl FnOnce(),
+) -> Stats {
+    let cap = echod::config::DEFAULT_MAX_PENDING as u64;
+    let data = pattern(seed, total);
+    let expected = data.clone();
+    let writing = std::thread::spawn(move || {
+        for chunk in data.chunks(1 << 20) {
+            writer.write_all(chunk).unwrap();
+        }
+        writer
+    });
+    server.wait_for("backpressure to engage", |s| {
+        s.peak_pending_connection == cap
+    });
+    meanwhile();
+    let mut received = vec![0; total];
+    reader.read_exact(&mut received).unwrap();
+    assert!(received == expected, "the {total}-byte echo differs");
+    drop(writing.join().unwrap());
+    drop(reader);
+    let stats = server.stop();
+    assert_eq!(
+        stats.peak_pending_connection, cap,
+        "pending exceeded the cap"
+    );
+    stats
+}
+
 /// The integer (or float, truncated) value of `"key"` in the JSON object on the last line
 /// of `json`, as the load generator and `--stats-json` print it.
 #[track_caller]
