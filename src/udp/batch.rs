@@ -24,8 +24,10 @@
 //! - **Readiness through mio.** Every call goes through `UdpSocket::try_io`, so a
 //!   `WouldBlock` re-arms the socket on every selector (poll(2) included).
 //!
-//! The buffers are allocated once, shared by every UDP socket of the loop, and the raw
-//! headers pointing into them are rebuilt just before each call (no self-reference).
+//! The buffers are allocated once and shared by every UDP socket of the loop. The receive
+//! headers point into them once and for all (boxed slices do not move), and each call
+//! resets only the lengths the kernel wrote back; the send headers are built per call from
+//! the replies.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -111,6 +113,18 @@ pub(crate) struct Batch {
     controls: Box<[[u64; CONTROL_WORDS]]>,
     /// Control messages for each outgoing message (UDP_SEGMENT, PKTINFO).
     send_controls: Box<[[u64; CONTROL_WORDS]]>,
+    /// The receive side's iovecs and headers: one per slot, pointing into `buffers`,
+    /// `names` and `controls`. Set once: a boxed slice's heap memory stays where it is
+    /// when the `Batch` moves, so the pointers stay true. Before each call only what the
+    /// kernel wrote back (`recv_dirty` of them) is reset.
+    recv_iovecs: Box<[libc::iovec]>,
+    recv_headers: Box<[libc::mmsghdr]>,
+    /// How many receive headers the last `recvmmsg` filled (their lengths to reset).
+    recv_dirty: usize,
+    /// Whether the receive headers offer room for control messages (PKTINFO, asked for
+    /// on wildcard binds only); a specific bind's datagrams carry none to parse.
+    recv_controls: bool,
+    /// The send side's iovecs and headers, rebuilt for each call from the replies.
     iovecs: Box<[libc::iovec]>,
     headers: Box<[libc::mmsghdr]>,
     /// What the last receive brought, slot by slot.
@@ -131,7 +145,7 @@ impl Batch {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         };
-        Batch {
+        let mut batch = Batch {
             buffers,
             first_slot,
             slot_size,
@@ -141,10 +155,30 @@ impl Batch {
             name_lens: vec![0; BATCH].into_boxed_slice(),
             controls: vec![[0; CONTROL_WORDS]; BATCH].into_boxed_slice(),
             send_controls: vec![[0; CONTROL_WORDS]; BATCH].into_boxed_slice(),
+            recv_iovecs: vec![zero_iovec; BATCH].into_boxed_slice(),
+            recv_headers: vec![zero_header; BATCH].into_boxed_slice(),
+            recv_dirty: BATCH,
+            recv_controls: false,
             iovecs: vec![zero_iovec; BATCH].into_boxed_slice(),
             headers: vec![zero_header; BATCH].into_boxed_slice(),
             arrived: Vec::with_capacity(BATCH),
+        };
+        if slot_size > 1 {
+            for i in 0..BATCH {
+                batch.recv_iovecs[i] = libc::iovec {
+                    iov_base: batch.buffers[batch.first_slot + i * batch.slot_stride..]
+                        .as_mut_ptr()
+                        .cast(),
+                    iov_len: batch.slot_size,
+                };
+                let header = &mut batch.recv_headers[i].msg_hdr;
+                header.msg_name = (&raw mut batch.names[i]).cast();
+                header.msg_iov = &raw mut batch.recv_iovecs[i];
+                header.msg_iovlen = 1;
+                header.msg_control = batch.controls[i].as_mut_ptr().cast();
+            }
         }
+        batch
     }
 
     /// The bytes of slot `slot`'s datagram (what fit of it).
@@ -163,44 +197,52 @@ impl Batch {
     }
 
     /// One `recvmmsg`: up to `BATCH` datagrams into the slots (see [`Batch::arrived`]).
+    /// `controls`: ask for each datagram's local address (PKTINFO; a wildcard bind).
     /// `WouldBlock` when there was nothing.
-    pub(crate) fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        for i in 0..BATCH {
-            self.iovecs[i] = libc::iovec {
-                iov_base: self.buffers[self.first_slot + i * self.slot_stride..]
-                    .as_mut_ptr()
-                    .cast(),
-                iov_len: self.slot_size,
-            };
-            let header = &mut self.headers[i];
-            header.msg_hdr.msg_name = (&raw mut self.names[i]).cast();
+    pub(crate) fn receive(&mut self, socket: &UdpSocket, controls: bool) -> io::Result<usize> {
+        // Only the value-result fields the last call filled in need resetting (all of them
+        // if the control room is switched on or off: the batch is shared by every socket).
+        let dirty = if controls == self.recv_controls {
+            self.recv_dirty
+        } else {
+            BATCH
+        };
+        let control_room = if controls {
+            size_of::<[u64; CONTROL_WORDS]>()
+        } else {
+            0
+        };
+        for header in &mut self.recv_headers[..dirty] {
             header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            header.msg_hdr.msg_iov = &raw mut self.iovecs[i];
-            header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
-            header.msg_hdr.msg_controllen = size_of::<[u64; CONTROL_WORDS]>() as _;
-            header.msg_hdr.msg_flags = 0;
-            header.msg_len = 0;
+            header.msg_hdr.msg_controllen = control_room as _;
         }
+        self.recv_controls = controls;
         let fd = socket.as_raw_fd();
-        let headers = self.headers.as_mut_ptr();
+        let headers = self.recv_headers.as_mut_ptr();
         // SAFETY: every header points into buffers owned by `self`, sized as declared, and
         // alive for the call; recvmmsg writes at most BATCH headers.
         let n = socket.try_io(|| {
             syscall_result(unsafe {
                 libc::recvmmsg(fd, headers, BATCH as _, 0, std::ptr::null_mut())
             } as isize)
-        })?;
+        });
+        // Even a failed call may have written nothing or anything: reset all next time.
+        self.recv_dirty = *n.as_ref().unwrap_or(&BATCH);
+        let n = n?;
         self.arrived.clear();
         for i in 0..n {
-            let header = &self.headers[i];
+            let header = &self.recv_headers[i];
             self.name_lens[i] = header.msg_hdr.msg_namelen;
             self.arrived.push(Arrived {
                 len: (header.msg_len as usize).min(self.slot_size),
                 truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
                 source: to_socket_addr(&self.names[i], self.name_lens[i])
                     .unwrap_or_else(unknown_source),
-                local: local_address(&header.msg_hdr),
+                local: if controls {
+                    local_address(&header.msg_hdr)
+                } else {
+                    None
+                },
             });
         }
         Ok(n)
@@ -363,13 +405,15 @@ impl Batch {
             .min(GSO_MAX_SEGMENTS)
             .min(GSO_MAX_BYTES / size)
             .min(replies.len() - at);
-        let peer = self.peer_of(first.slot);
-        let local = self.arrived[first.slot].local;
+        let (peer, local) = (
+            self.arrived[first.slot].source,
+            self.arrived[first.slot].local,
+        );
         let mut run = 1;
         while run < limit {
             let next = replies[at + run];
-            let same_peer =
-                self.peer_of(next.slot) == peer && self.arrived[next.slot].local == local;
+            let arrived = &self.arrived[next.slot];
+            let same_peer = arrived.source == peer && arrived.local == local;
             if !same_peer || next.len > size || next.len == 0 {
                 break;
             }
@@ -379,18 +423,6 @@ impl Batch {
             }
         }
         run
-    }
-
-    /// The raw source address of a slot's datagram, for comparing peers cheaply.
-    fn peer_of(&self, slot: usize) -> &[u8] {
-        let len = self.name_lens[slot] as usize;
-        // SAFETY: sockaddr_storage is plain bytes; `len` is what the kernel wrote.
-        unsafe {
-            std::slice::from_raw_parts(
-                (&raw const self.names[slot]).cast::<u8>(),
-                len.min(size_of::<libc::sockaddr_storage>()),
-            )
-        }
     }
 
     /// Points message `index` at `run` (replies to one peer), its iovecs from `first_iovec`.

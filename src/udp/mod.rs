@@ -239,7 +239,8 @@ impl Datagrams {
             let result = if singly {
                 self.batch.receive_one(&endpoint.socket)
             } else {
-                self.batch.receive(&endpoint.socket)
+                self.batch
+                    .receive(&endpoint.socket, endpoint.local.ip().is_unspecified())
             };
             let received = match result {
                 Ok(n) => n,
@@ -327,6 +328,9 @@ impl Datagrams {
     /// Decides, datagram by datagram, which get a reply (into `self.replies`).
     fn judge(&mut self, stats: &mut Stats, now: Instant) {
         self.replies.clear();
+        // The guard's verdict depends on the source alone, and a batch mostly holds runs
+        // from one source: one that just passed need not be judged again (its rate is).
+        let mut passed_guard = None;
         for slot in 0..self.batch.arrived.len() {
             let arrived = self.batch.arrived[slot];
             stats.udp_datagrams_in += 1;
@@ -336,13 +340,18 @@ impl Datagrams {
                 trace!("udp: {} sent an oversize datagram: dropped", arrived.source);
                 continue;
             }
-            let verdict = self
-                .guard
-                .check(arrived.source)
-                .and_then(|()| match &mut self.rates {
-                    Some(rates) => rates.allow(arrived.source.ip(), now),
-                    None => Ok(()),
-                });
+            let guarded = if passed_guard == Some(arrived.source) {
+                Ok(())
+            } else {
+                self.guard.check(arrived.source)
+            };
+            if guarded.is_ok() {
+                passed_guard = Some(arrived.source);
+            }
+            let verdict = guarded.and_then(|()| match &mut self.rates {
+                Some(rates) => rates.allow(arrived.source.ip(), now),
+                None => Ok(()),
+            });
             match verdict {
                 Err(Refusal::Guard) => {
                     stats.udp_dropped_guard += 1;
