@@ -22,10 +22,14 @@ pub(super) fn bind_resolved<T>(
 ) -> Result<Vec<(T, SocketAddr)>, ListenError> {
     let mut sockets = Vec::new();
     for target in resolve(spec)? {
-        if seen.contains(&target.addr) {
-            continue;
+        // The same address twice is bound once; but port 0 asks for a new port each time
+        // (`127.0.0.1:0` and `tls:127.0.0.1:0` are two listeners).
+        if target.addr.port() != 0 {
+            if seen.contains(&target.addr) {
+                continue;
+            }
+            seen.push(target.addr);
         }
-        seen.push(target.addr);
         match bind(target.addr) {
             Ok((addr, socket)) => sockets.push((socket, addr)),
             Err(err) if target.implied && address_family_missing(&err) => {
