@@ -27,7 +27,7 @@ use crate::ratelimit::RateLimit;
 use crate::readiness::{Drain, interrupted, would_block};
 use crate::session::Sessions;
 use crate::telemetry::stats::{RejectReason, Stats};
-use crate::transport::{AnyTransport, Peer, Stream};
+use crate::transport::{AnyTransport, Layers, Peer, Stream};
 
 /// How soon to try `accept` again after it failed for want of descriptors or memory.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -59,6 +59,8 @@ pub(crate) struct Acceptor {
     /// Listening sockets, registered under their listener tokens; emptied (closed) when
     /// shutdown begins.
     listeners: Vec<crate::listen::Listener>,
+    /// What the protocols need to start a connection (the TLS certificate).
+    layers: Layers,
     /// Connections accepted per listener per turn.
     budget: usize,
     /// `--max-connections`.
@@ -76,9 +78,10 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    pub(crate) fn new(listeners: Vec<Listener>, config: &Config) -> Acceptor {
+    pub(crate) fn new(listeners: Vec<Listener>, layers: Layers, config: &Config) -> Acceptor {
         Acceptor {
             listeners,
+            layers,
             budget: config.accept_budget,
             max_connections: config.max_connections,
             max_per_ip: config.max_connections_per_ip,
@@ -104,6 +107,11 @@ impl Acceptor {
     pub(crate) fn close(&mut self) {
         self.listeners.clear();
         self.retry_at = None;
+    }
+
+    /// SIGHUP: the protocols re-read their files (new connections get the result).
+    pub(crate) fn reload(&mut self) {
+        self.layers.reload();
     }
 
     /// A session from `peer` has closed: it no longer counts against its address's cap.
@@ -196,7 +204,14 @@ impl Acceptor {
             debug!("{peer}: TCP_NODELAY: {err}");
         }
         let listener = &self.listeners[index];
-        let transport = AnyTransport::admit(listener.protocol, stream);
+        let transport = match AnyTransport::admit(listener.protocol, stream, &self.layers) {
+            Ok(transport) => transport,
+            Err(err) => {
+                stats.accept_errors += 1;
+                debug!("{peer}: cannot start its session: {err}");
+                return;
+            }
+        };
         let key = match sessions.open(transport, peer, registry, now) {
             Ok(key) => key,
             Err(err) => {

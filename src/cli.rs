@@ -21,6 +21,7 @@ pub struct Args {
     /// address it yields is bound ("localhost" means 127.0.0.1 and ::1; `[::]:PORT` is
     /// every interface, IPv4 and IPv6 alike). unix:PATH: a Unix socket file.
     /// unix:@NAME: a Linux abstract Unix socket. udp:HOST:PORT: UDP, resolved as for TCP.
+    /// tls:HOST:PORT: TLS over TCP (see --tls-cert).
     /// [default: localhost:50007, unless systemd passed sockets]
     #[arg(long = "listen", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Vec<String>,
@@ -108,6 +109,21 @@ pub struct Args {
     #[arg(long)]
     pub print: bool,
 
+    /// PEM file with the certificate chain tls: listeners present (with --tls-key). Without
+    /// it, an ephemeral self-signed certificate is made at start (its fingerprint is
+    /// logged). SIGHUP re-reads both files.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM file with the private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Close a connection whose TLS handshake is not done within this long.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true,
+          default_value = "10")]
+    pub handshake_timeout: Duration,
+
     /// Log a line of counters this often. Default: only at exit and on SIGUSR1.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub stats_interval: Option<Duration>,
@@ -181,6 +197,8 @@ impl Args {
             print: self.print,
             stats_interval: self.stats_interval,
             stats_json: self.stats_json,
+            tls_files: self.tls_cert.zip(self.tls_key),
+            handshake_timeout: self.handshake_timeout,
             handle_signals: true,
             ..Config::default()
         }

@@ -30,6 +30,8 @@ pub const DEFAULT_READ_BUDGET: usize = 256 * 1024;
 pub const DEFAULT_ACCEPT_BUDGET: usize = 128;
 /// How long a graceful stop waits for pending output to drain.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TLS handshake may take before the connection is closed.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Descriptors kept back from `--max-connections`' default for listeners, the poll
 /// instance, signals, logging and the spare descriptor used to turn clients away.
 pub const DESCRIPTOR_RESERVE: u64 = 32;
@@ -52,7 +54,7 @@ pub const ACK_REPLY: &[u8] = b"Got it!";
 /// Everything a [`Server`](crate::Server) needs to know, already validated.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `HOST:PORT`, `udp:HOST:PORT`, `unix:PATH` or `unix:@NAME` specs; each is resolved and every
+    /// `HOST:PORT`, `tls:HOST:PORT`, `udp:HOST:PORT`, `unix:PATH` or `unix:@NAME` specs; each is resolved and every
     /// resolved address is bound. Empty: [`DEFAULT_LISTEN`], unless sockets were inherited.
     pub listen: Vec<String>,
     /// Adopt sockets passed by systemd (`LISTEN_FDS`) besides those in `listen`.
@@ -104,7 +106,13 @@ pub struct Config {
     pub stats_interval: Option<Duration>,
     /// Stats lines as one JSON object each instead of `key=value` text.
     pub stats_json: bool,
-    /// Handle SIGINT/SIGTERM (graceful stop) and SIGUSR1 (log stats) in the loop.
+    /// The certificate chain and private key (PEM files) `tls:` listeners present;
+    /// `None`: an ephemeral self-signed certificate.
+    pub tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Close a connection whose TLS handshake is not done within this long.
+    pub handshake_timeout: Duration,
+    /// Handle SIGINT/SIGTERM (graceful stop), SIGUSR1 (log stats) and SIGHUP (re-read the
+    /// certificate) in the loop.
     /// The binary turns this on; an in-process test server leaves it off.
     pub handle_signals: bool,
 }
@@ -137,6 +145,8 @@ impl Default for Config {
             print: false,
             stats_interval: None,
             stats_json: false,
+            tls_files: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             handle_signals: false,
         }
     }

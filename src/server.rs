@@ -19,6 +19,7 @@ use crate::listen::{Datagram, Endpoint, Listener, bind_all, inherited};
 use crate::reactor::EventLoop;
 use crate::reactor::tokens::{MAX_LISTENERS, MAX_UDP, Owner};
 use crate::telemetry::stats::Stats;
+use crate::transport::{Layers, TlsIdentity};
 use crate::udp::{Datagrams, UdpEndpoint, UdpSettings};
 
 /// A bound echo server, ready to [`run`](Server::run).
@@ -38,6 +39,8 @@ pub struct Server {
     listeners: Vec<Listener>,
     /// Bound, registered UDP sockets, in the same order.
     datagrams: Vec<Datagram>,
+    /// What the listeners' protocols need (the TLS certificate), loaded at bind.
+    layers: Layers,
     config: Config,
     /// Cloned out to callers by [`Server::handle`].
     handle: ServerHandle,
@@ -76,6 +79,7 @@ impl Server {
                 "nothing to listen on: every inherited socket was skipped and no --listen given",
             ));
         }
+        let layers = layers_for(&listeners, specs, &config)?;
         if listeners.len() > MAX_LISTENERS || datagrams.len() > MAX_UDP {
             return Err(io::Error::other(format!(
                 "too many listening addresses (at most {MAX_LISTENERS} stream and {MAX_UDP} UDP)"
@@ -104,6 +108,7 @@ impl Server {
             poll,
             listeners,
             datagrams,
+            layers,
             config,
             handle,
             inbox,
@@ -117,6 +122,17 @@ impl Server {
             .into_iter()
             .filter_map(|endpoint| match endpoint {
                 Endpoint::Tcp(addr) => Some(addr),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The TLS addresses actually bound (`tls:` listeners), in `--listen` order.
+    pub fn local_tls_addrs(&self) -> Vec<SocketAddr> {
+        self.endpoints()
+            .into_iter()
+            .filter_map(|endpoint| match endpoint {
+                Endpoint::Tls(addr) => Some(addr),
                 _ => None,
             })
             .collect()
@@ -150,6 +166,7 @@ impl Server {
             poll,
             listeners,
             datagrams,
+            layers,
             config,
             handle: _,
             inbox,
@@ -162,6 +179,25 @@ impl Server {
                 .collect(),
             UdpSettings::from(&config),
         );
-        EventLoop::new(poll, listeners, udp, &config, inbox, waker)?.run()
+        EventLoop::new(poll, listeners, layers, udp, &config, inbox, waker)?.run()
     }
+}
+
+/// Loads what the listeners' protocols need: a certificate if any listener speaks TLS (the
+/// files of `--tls-cert`/`--tls-key`, or a self-signed one naming the `tls:` hosts).
+fn layers_for(listeners: &[Listener], specs: &[String], config: &Config) -> io::Result<Layers> {
+    if !listeners
+        .iter()
+        .any(|l| matches!(l.endpoint, Endpoint::Tls(_)))
+    {
+        return Ok(Layers::default());
+    }
+    let hosts: Vec<String> = specs
+        .iter()
+        .filter_map(|spec| spec.strip_prefix("tls:"))
+        .filter_map(|host_port| host_port.rsplit_once(':').map(|(host, _)| host.to_string()))
+        .collect();
+    Ok(Layers {
+        tls: Some(TlsIdentity::new(config.tls_files.clone(), &hosts)?),
+    })
 }

@@ -184,6 +184,9 @@ fn target(spec: &str) -> Result<Target, String> {
             .map(Target::Tcp)
             .ok_or_else(|| format!("{spec} resolved to no address")),
         ListenSpec::Udp(_) => Err(format!("{spec} is a UDP address: add --udp")),
+        ListenSpec::Tls(_) => Err(format!(
+            "{spec}: the load generator speaks no TLS yet (examples/client.rs does)"
+        )),
         ListenSpec::UnixPath(path) => unix(std::os::unix::net::SocketAddr::from_pathname(path)),
         ListenSpec::UnixAbstract(name) => {
             #[cfg(any(target_os = "linux", target_os = "android"))]

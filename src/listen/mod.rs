@@ -75,6 +75,8 @@ impl ListenError {
 pub enum Endpoint {
     /// A TCP address, with the real port when 0 was asked for.
     Tcp(SocketAddr),
+    /// A TCP address whose connections speak TLS.
+    Tls(SocketAddr),
     /// A Unix socket file.
     UnixPath(std::path::PathBuf),
     /// A Linux abstract-namespace Unix socket (no file; gone when the socket closes).
@@ -89,6 +91,7 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Tcp(addr) => write!(f, "{addr}"),
+            Endpoint::Tls(addr) => write!(f, "tls:{addr}"),
             Endpoint::UnixPath(path) => write!(f, "unix:{}", path.display()),
             Endpoint::UnixAbstract(name) => write!(f, "unix:@{name}"),
             Endpoint::UnixUnnamed => write!(f, "unix:(unnamed)"),
@@ -194,6 +197,8 @@ pub struct Bound {
 pub enum ListenSpec {
     /// `HOST:PORT`, resolved with getaddrinfo.
     Tcp(String),
+    /// `tls:HOST:PORT`: TCP, resolved the same way, each connection a TLS session.
+    Tls(String),
     /// `udp:HOST:PORT`, resolved the same way.
     Udp(String),
     /// `unix:PATH`: a socket file.
@@ -212,6 +217,10 @@ impl ListenSpec {
     /// `unix:@NAME`, `unix:PATH`, `udp:HOST:PORT`, or else `HOST:PORT`. Checks the form
     /// only (a name is resolved when it is bound): what is wrong is said in one line.
     pub fn parse(spec: &str) -> Result<ListenSpec, String> {
+        if let Some(host_port) = spec.strip_prefix("tls:") {
+            check_host_port(host_port, "tls:HOST:PORT, e.g. tls:localhost:50443")?;
+            return Ok(ListenSpec::Tls(host_port.to_string()));
+        }
         if let Some(host_port) = spec.strip_prefix("udp:") {
             check_host_port(host_port, "udp:HOST:PORT, e.g. udp:localhost:50007")?;
             return Ok(ListenSpec::Udp(host_port.to_string()));
@@ -265,6 +274,26 @@ fn check_host_port(host_port: &str, form: &str) -> Result<(), String> {
     }
 }
 
+/// Binds a TCP `HOST:PORT` (every address it resolves to), each listener serving
+/// `endpoint(addr)`: plain TCP or TLS.
+fn bind_tcp(
+    spec: &str,
+    options: &BindOptions,
+    seen: &mut Vec<SocketAddr>,
+    endpoint: fn(SocketAddr) -> Endpoint,
+    listeners: &mut Vec<Listener>,
+) -> Result<(), ListenError> {
+    for (socket, addr) in tcp::bind_spec(spec, options, seen)? {
+        listeners.push(Listener::new(
+            ListenSocket::Tcp(socket),
+            endpoint(addr),
+            None,
+            None,
+        ));
+    }
+    Ok(())
+}
+
 /// Binds every spec, in order; TCP and UDP addresses are each deduplicated.
 ///
 /// On error, whatever was already bound is dropped again (and socket files removed).
@@ -279,14 +308,10 @@ pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Bound, Listen
         })?;
         match parsed {
             ListenSpec::Tcp(spec) => {
-                for (socket, addr) in tcp::bind_spec(&spec, options, &mut seen)? {
-                    listeners.push(Listener::new(
-                        ListenSocket::Tcp(socket),
-                        Endpoint::Tcp(addr),
-                        None,
-                        None,
-                    ));
-                }
+                bind_tcp(&spec, options, &mut seen, Endpoint::Tcp, &mut listeners)?;
+            }
+            ListenSpec::Tls(spec) => {
+                bind_tcp(&spec, options, &mut seen, Endpoint::Tls, &mut listeners)?;
             }
             ListenSpec::Udp(spec) => {
                 for (socket, addr) in udp::bind_spec(&spec, options, &mut seen_udp)? {
@@ -332,11 +357,16 @@ impl Listener {
         name: Option<String>,
         file: Option<SocketFile>,
     ) -> Self {
+        // The listener's kind decides its connections' protocol, once.
+        let protocol = match endpoint {
+            Endpoint::Tls(_) => Protocol::Tls,
+            _ => Protocol::Plain,
+        };
         Listener {
             socket,
             endpoint,
             name,
-            protocol: Protocol::Plain,
+            protocol,
             _file: file,
         }
     }

@@ -1,6 +1,6 @@
 //! The loop's two control inputs, turned into [`Command`]s: requests from
 //! [`ServerHandle`](crate::ServerHandle)s (queued on a channel, announced by the waker)
-//! and signals (SIGINT, SIGTERM, SIGUSR1, through signal-hook's pipe).
+//! and signals (SIGINT, SIGTERM, SIGUSR1, SIGHUP, through signal-hook's pipe).
 //!
 //! Both are rare, so they may allocate; neither ever blocks the loop.
 
@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, Sender};
 
 use log::warn;
 use mio::{Interest, Registry, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_mio::v1_0::Signals;
 
 use super::tokens::Owner;
@@ -25,6 +25,8 @@ pub(crate) enum Command {
     Stop(&'static str),
     /// SIGUSR1: log a stats line (and refresh systemd's status).
     Report,
+    /// SIGHUP: re-read the certificate files.
+    Reload,
     /// A handle wants a copy of the counters, sent back on this channel.
     SendStats(Sender<Stats>),
 }
@@ -49,7 +51,7 @@ impl Control {
         registry: &Registry,
     ) -> io::Result<Control> {
         let signals = if handle_signals {
-            let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])?;
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGHUP])?;
             registry.register(&mut signals, Owner::Signals.token(), Interest::READABLE)?;
             Some(signals)
         } else {
@@ -87,6 +89,7 @@ impl Control {
             .pending()
             .map(|signal| match signal {
                 SIGUSR1 => Command::Report,
+                SIGHUP => Command::Reload,
                 SIGINT => Command::Stop("SIGINT"),
                 _ => Command::Stop("SIGTERM"),
             })

@@ -39,6 +39,7 @@ use crate::readiness::{Drain, Ready, interrupted};
 use crate::session::Sessions;
 use crate::telemetry::stats::{CloseReason, Stats};
 use crate::telemetry::{Serves, Telemetry};
+use crate::transport::Layers;
 use crate::udp::Datagrams;
 use control::{Command, Control};
 use lifecycle::{DrainProgress, Lifecycle, StopStep};
@@ -89,6 +90,7 @@ impl EventLoop {
     pub(crate) fn new(
         poll: Poll,
         listeners: Vec<Listener>,
+        layers: Layers,
         udp: Datagrams,
         config: &Config,
         inbox: Receiver<Request>,
@@ -102,7 +104,7 @@ impl EventLoop {
         Ok(EventLoop {
             control: Control::new(inbox, waker, config.handle_signals, poll.registry())?,
             poll,
-            acceptor: Acceptor::new(listeners, config),
+            acceptor: Acceptor::new(listeners, layers, config),
             sessions: Sessions::new(config),
             udp,
             lifecycle: Lifecycle::Serving,
@@ -311,6 +313,7 @@ impl EventLoop {
                     let _ = reply_to.send(self.stats.clone());
                 }
                 Command::Report => self.report_and_status("stats"),
+                Command::Reload => self.acceptor.reload(),
                 Command::Stop(source) => {
                     match self.lifecycle.on_stop(self.now, self.shutdown_timeout) {
                         StopStep::BeginDraining => self.begin_draining(source),

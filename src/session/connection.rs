@@ -167,6 +167,12 @@ impl Connection {
         self.pending.len()
     }
 
+    /// The transport still holds bytes of its own to send (TLS records): the connection may
+    /// not end, nor send its FIN, before they are out.
+    fn layer_owes(&self) -> bool {
+        self.transport.wants().write
+    }
+
     /// Reading stopped early and must be resumed by the loop, not by an event.
     pub(crate) fn owes_read(&self) -> bool {
         self.next_read == NextRead::Owed
@@ -249,7 +255,7 @@ impl Connection {
                 ReadStop::Drained | ReadStop::Eof | ReadStop::Backpressure => {}
             }
         }
-        if self.pending.is_empty() && self.read_side == ReadSide::Eof {
+        if self.pending.is_empty() && self.read_side == ReadSide::Eof && !self.layer_owes() {
             // Everything owed has gone out: the half-close handshake's second half.
             self.shut_down_writes(token);
             return Ok(Outcome::Finished(CloseReason::Eof));
@@ -267,7 +273,7 @@ impl Connection {
         limits: &Limits,
         stats: &mut Stats,
     ) -> io::Result<Outcome> {
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() || self.layer_owes() {
             return Ok(Outcome::Open { come_back: false });
         }
         if self.write_side == WriteSide::Open {

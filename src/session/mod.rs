@@ -23,7 +23,7 @@ use slab::Slab;
 use crate::config::{Config, Mode, READ_BUFFER_SIZE};
 use crate::readiness::{Drain, Ready};
 use crate::telemetry::stats::{CloseReason, Stats};
-use crate::transport::{AnyTransport, Peer};
+use crate::transport::{AnyTransport, Peer, Transport};
 use connection::{Connection, Limits, Outcome};
 use timers::{DeadlineList, Which};
 
@@ -37,6 +37,7 @@ struct Settings {
     print: bool,
     idle_timeout: Option<Duration>,
     stall_timeout: Option<Duration>,
+    handshake_timeout: Duration,
 }
 
 /// Every open connection and what they share.
@@ -51,6 +52,8 @@ pub(crate) struct Sessions {
     idle: DeadlineList,
     /// Connections owing output, by time of last write progress (`--stall-timeout`).
     stall: DeadlineList,
+    /// Connections still shaking hands (TLS), by when they were accepted.
+    handshake: DeadlineList,
     settings: Settings,
 }
 
@@ -62,6 +65,7 @@ impl Sessions {
             to_close: Vec::new(),
             idle: DeadlineList::new(Which::Idle),
             stall: DeadlineList::new(Which::Stall),
+            handshake: DeadlineList::new(Which::Handshake),
             settings: Settings {
                 max_pending: config.max_pending,
                 max_pending_total: config.max_pending_total,
@@ -70,6 +74,7 @@ impl Sessions {
                 print: config.print,
                 idle_timeout: config.idle_timeout,
                 stall_timeout: config.stall_timeout,
+                handshake_timeout: config.handshake_timeout,
             },
         }
     }
@@ -92,7 +97,11 @@ impl Sessions {
         let entry = self.slab.vacant_entry();
         let key = entry.key();
         registry.register(&mut transport, Token(key), mio::Interest::READABLE)?;
+        let handshaking = transport.is_handshaking();
         entry.insert(Connection::new(transport, peer));
+        if handshaking {
+            self.handshake.touch(&mut self.slab, key, now);
+        }
         if self.settings.idle_timeout.is_some() {
             self.idle.touch(&mut self.slab, key, now);
         }
@@ -117,7 +126,11 @@ impl Sessions {
                 .oldest(&mut self.slab)
                 .map(|(_, since)| since + timeout)
         });
-        idle.into_iter().chain(stall).min()
+        let handshake = self
+            .handshake
+            .oldest(&mut self.slab)
+            .map(|(_, since)| since + self.settings.handshake_timeout);
+        idle.into_iter().chain(stall).chain(handshake).min()
     }
 
     /// The limits a connection is served under right now.
@@ -161,6 +174,11 @@ impl Sessions {
         let outcome = conn.serve(Token(key), ready, &mut self.scratch, &limits, stats);
         let owed_after = conn.pending_len();
         let (read_any, wrote_any) = (conn.bytes_in != in_before, conn.bytes_out != out_before);
+        if conn.transport_mut().handshake_done() {
+            stats.tls_handshakes += 1;
+            trace!("token {key}: handshake done");
+            self.handshake.remove(&mut self.slab, key);
+        }
 
         if owed_after != owed_before {
             stats.pending_bytes = stats.pending_bytes + owed_after as u64 - owed_before as u64;
@@ -268,8 +286,21 @@ impl Sessions {
         }
     }
 
-    /// Marks connections whose idle or stall clock has run out; they close this turn.
+    /// Marks connections whose idle, stall or handshake clock has run out; they close this
+    /// turn.
     pub(crate) fn expire(&mut self, now: Instant) {
+        let timeout = self.settings.handshake_timeout;
+        while let Some((key, since)) = self.handshake.oldest(&mut self.slab) {
+            if now.duration_since(since) < timeout {
+                break;
+            }
+            self.handshake.remove(&mut self.slab, key);
+            let conn = &mut self.slab[key];
+            if conn.closing.is_none() && conn.transport_mut().is_handshaking() {
+                debug!("{} token {key}: no handshake within {timeout:?}", conn.peer);
+                self.mark_closing(key, CloseReason::Handshake);
+            }
+        }
         if let Some(timeout) = self.settings.idle_timeout {
             while let Some((key, since)) = self.idle.oldest(&mut self.slab) {
                 if now.duration_since(since) < timeout {
@@ -315,8 +346,12 @@ impl Sessions {
             let key = self.to_close[i];
             self.idle.remove(&mut self.slab, key);
             self.stall.remove(&mut self.slab, key);
-            let conn = self.slab.remove(key);
+            self.handshake.remove(&mut self.slab, key);
+            let mut conn = self.slab.remove(key);
             let reason = conn.closing.unwrap_or(CloseReason::Error);
+            if conn.transport_mut().is_handshaking() && reason != CloseReason::Handshake {
+                stats.tls_handshakes_failed += 1;
+            }
             stats.pending_bytes -= conn.pending_len() as u64;
             stats.count_close(reason);
             closed(&conn.peer);

@@ -10,6 +10,8 @@
 //! - **idle**: every connection; restarted whenever the client sends data or the
 //!   connection catches up. Expired only if nothing is owed (otherwise *stall* rules).
 //! - **stall**: only connections that owe output; restarted whenever a write makes progress.
+//! - **handshake**: connections whose protocol (TLS) is still shaking hands; left when it is
+//!   done, never restarted.
 
 use std::time::Instant;
 
@@ -36,6 +38,7 @@ pub(crate) struct Link {
 pub(crate) struct Links {
     pub(crate) idle: Link,
     pub(crate) stall: Link,
+    pub(crate) handshake: Link,
 }
 
 /// Which of the two lists an operation is about.
@@ -43,6 +46,7 @@ pub(crate) struct Links {
 pub(crate) enum Which {
     Idle,
     Stall,
+    Handshake,
 }
 
 fn link(entry: &mut impl Linked, which: Which) -> &mut Link {
@@ -50,6 +54,7 @@ fn link(entry: &mut impl Linked, which: Which) -> &mut Link {
     match which {
         Which::Idle => &mut links.idle,
         Which::Stall => &mut links.stall,
+        Which::Handshake => &mut links.handshake,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The counters as people and scripts read them: a stats line for the log, the same as
 //! JSON on stdout (`--stats-json`), and the short status line systemd shows.
 //!
-//! The log line shows what applies, not all 33 counters: stream counters when the server
+//! The log line shows what applies, not every counter: stream counters when the server
 //! has stream listeners, UDP ones when it has UDP sockets, a reason's count only when it
 //! is not zero. The JSON always carries every counter.
 
@@ -39,6 +39,7 @@ pub(crate) fn text_line(stats: &Stats, serves: Serves) -> String {
         line.put("pending_bytes", stats.pending_bytes);
         line.put("peak_pending_bytes", stats.peak_pending_bytes);
         nonzero("accept_errors").for_each(|(name, value)| line.put(name, value));
+        nonzero("tls_").for_each(|(name, value)| line.put(name, value));
     }
     if serves.datagrams {
         line.put("udp_datagrams_in", stats.udp_datagrams_in);

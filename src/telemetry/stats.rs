@@ -23,6 +23,8 @@ pub enum CloseReason {
     Stall,
     /// The server stopped.
     Shutdown,
+    /// The TLS handshake was not done within `--handshake-timeout`.
+    Handshake,
 }
 
 impl CloseReason {
@@ -35,6 +37,7 @@ impl CloseReason {
             CloseReason::Idle => "idle",
             CloseReason::Stall => "stall",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Handshake => "handshake-timeout",
         }
     }
 }
@@ -88,6 +91,13 @@ pub struct Stats {
     pub closed_stall: u64,
     /// Connections closed because the server stopped.
     pub closed_shutdown: u64,
+    /// Connections closed because their handshake took longer than `--handshake-timeout`.
+    pub closed_handshake_timeout: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS connections that ended before their handshake completed (a protocol error,
+    /// a reset, an EOF), timeouts not included.
+    pub tls_handshakes_failed: u64,
     /// Bytes read from clients.
     pub bytes_in: u64,
     /// Bytes written to clients.
@@ -137,6 +147,7 @@ impl Stats {
             + self.closed_idle
             + self.closed_stall
             + self.closed_shutdown
+            + self.closed_handshake_timeout
     }
 
     /// Connections turned away, whatever the reason.
@@ -167,6 +178,7 @@ impl Stats {
             CloseReason::Idle => &mut self.closed_idle,
             CloseReason::Stall => &mut self.closed_stall,
             CloseReason::Shutdown => &mut self.closed_shutdown,
+            CloseReason::Handshake => &mut self.closed_handshake_timeout,
         } += 1;
     }
 
@@ -185,7 +197,7 @@ impl Stats {
     }
 
     /// Every counter by name, in a fixed order: the one list both output formats use.
-    pub fn fields(&self) -> [(&'static str, u64); 33] {
+    pub fn fields(&self) -> [(&'static str, u64); 36] {
         [
             ("accepted", self.accepted),
             ("rejected", self.rejected_total()),
@@ -201,12 +213,15 @@ impl Stats {
             ("closed_idle", self.closed_idle),
             ("closed_stall", self.closed_stall),
             ("closed_shutdown", self.closed_shutdown),
+            ("closed_handshake_timeout", self.closed_handshake_timeout),
             ("bytes_in", self.bytes_in),
             ("bytes_out", self.bytes_out),
             ("pending_bytes", self.pending_bytes),
             ("peak_pending_bytes", self.peak_pending_bytes),
             ("peak_pending_connection", self.peak_pending_connection),
             ("accept_errors", self.accept_errors),
+            ("tls_handshakes", self.tls_handshakes),
+            ("tls_handshakes_failed", self.tls_handshakes_failed),
             ("loop_iterations", self.loop_iterations),
             ("events", self.events),
             ("udp_datagrams_in", self.udp_datagrams_in),

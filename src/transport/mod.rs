@@ -1,5 +1,5 @@
 //! The seam between a connected socket and the echo: a [`Transport`] carries application
-//! bytes, whatever protocol (none yet; TLS and WebSocket next) sits on the raw stream.
+//! bytes, whatever protocol sits on the raw stream: none (`plain`), or TLS (`tls`).
 //!
 //! The echo state machine (`session::connection`) serves every connection through this
 //! trait and never learns which protocol it has. The rules a transport keeps, so that the
@@ -17,15 +17,19 @@
 //! A protocol is chosen once, where a connection is admitted ([`AnyTransport::admit`],
 //! from the listener's [`Protocol`]); nothing after that asks which one it was.
 
+mod certs;
 mod peer;
 mod plain;
+mod tls;
 
 use std::io;
 
 use mio::event::Source;
 
+pub use certs::TlsIdentity;
 pub use peer::Peer;
 pub use plain::Stream;
+use tls::TlsStream;
 
 /// What a listener's connections speak above the raw stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +37,24 @@ pub enum Protocol {
     /// The bytes themselves (RFC 862 over TCP or a Unix socket).
     #[default]
     Plain,
+    /// TLS (`tls:HOST:PORT`): the bytes inside the session are echoed.
+    Tls,
+}
+
+/// What the protocols need to start a connection, shared by every listener.
+#[derive(Debug, Default)]
+pub struct Layers {
+    /// The certificate `tls:` listeners present (`None`: there are none).
+    pub tls: Option<TlsIdentity>,
+}
+
+impl Layers {
+    /// SIGHUP: re-read whatever the protocols loaded from files.
+    pub(crate) fn reload(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.reload();
+        }
+    }
 }
 
 /// What a transport's own protocol needs from the socket, whatever the echo owes.
@@ -79,21 +101,43 @@ pub(crate) trait Transport: Source {
 
     /// The socket's pending error (`SO_ERROR`), if any.
     fn take_error(&self) -> io::Result<Option<io::Error>>;
+
+    /// Whether the protocol's handshake is still under way (never, for a plain stream).
+    fn is_handshaking(&self) -> bool;
+
+    /// True exactly once, when the handshake has just been seen to complete.
+    fn handshake_done(&mut self) -> bool;
 }
 
 /// The transports a connection can have. An enum rather than `Box<dyn Transport>`: no
 /// allocation per connection, and a plain stream's calls inline to the system calls.
+/// A TLS session is boxed: its state is a few kilobytes, and a plain connection must not
+/// pay for it.
 #[derive(Debug)]
 pub(crate) enum AnyTransport {
     Plain(Stream),
+    Tls(Box<TlsStream>),
 }
 
 impl AnyTransport {
     /// The one place a connection's protocol is chosen: from its listener's kind.
-    pub(crate) fn admit(protocol: Protocol, stream: Stream) -> AnyTransport {
-        match protocol {
+    pub(crate) fn admit(
+        protocol: Protocol,
+        stream: Stream,
+        layers: &Layers,
+    ) -> io::Result<AnyTransport> {
+        Ok(match protocol {
             Protocol::Plain => AnyTransport::Plain(stream),
-        }
+            Protocol::Tls => {
+                let identity = layers
+                    .tls
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("a tls: listener without a certificate"))?;
+                let session =
+                    rustls::ServerConnection::new(identity.config()).map_err(io::Error::other)?;
+                AnyTransport::Tls(Box::new(TlsStream::new(session, stream)))
+            }
+        })
     }
 }
 
@@ -102,6 +146,7 @@ impl Transport for AnyTransport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             AnyTransport::Plain(stream) => io::Read::read(stream, buf),
+            AnyTransport::Tls(tls) => tls.read(buf),
         }
     }
 
@@ -109,6 +154,7 @@ impl Transport for AnyTransport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             AnyTransport::Plain(stream) => io::Write::write(stream, buf),
+            AnyTransport::Tls(tls) => tls.write(buf),
         }
     }
 
@@ -116,6 +162,7 @@ impl Transport for AnyTransport {
     fn flush_layer(&mut self) -> io::Result<()> {
         match self {
             AnyTransport::Plain(_) => Ok(()), // nothing is buffered in user space
+            AnyTransport::Tls(tls) => tls.flush_layer(),
         }
     }
 
@@ -123,12 +170,17 @@ impl Transport for AnyTransport {
     fn wants(&self) -> Wants {
         match self {
             AnyTransport::Plain(_) => Wants::NOTHING,
+            AnyTransport::Tls(tls) => Wants {
+                read: tls.wants_read(),
+                write: tls.wants_write(),
+            },
         }
     }
 
     fn shutdown_writes(&mut self) -> io::Result<()> {
         match self {
             AnyTransport::Plain(stream) => stream.shutdown_writes(),
+            AnyTransport::Tls(tls) => tls.shutdown_writes(),
         }
     }
 
@@ -136,14 +188,65 @@ impl Transport for AnyTransport {
     fn short_read_means_drained(&self) -> bool {
         match self {
             AnyTransport::Plain(_) => crate::readiness::SHORT_READ_MEANS_DRAINED,
+            // Plaintext comes from rustls's buffer: a short read says nothing of the socket.
+            AnyTransport::Tls(_) => false,
         }
     }
 
     fn take_error(&self) -> io::Result<Option<io::Error>> {
         match self {
             AnyTransport::Plain(stream) => stream.take_error(),
+            AnyTransport::Tls(tls) => tls.socket().take_error(),
+        }
+    }
+
+    #[inline]
+    fn is_handshaking(&self) -> bool {
+        match self {
+            AnyTransport::Plain(_) => false,
+            AnyTransport::Tls(tls) => tls.is_handshaking(),
+        }
+    }
+
+    #[inline]
+    fn handshake_done(&mut self) -> bool {
+        match self {
+            AnyTransport::Plain(_) => false,
+            AnyTransport::Tls(tls) => tls.handshake_done(),
         }
     }
 }
 
-crate::delegate::delegate_source!(AnyTransport, AnyTransport::Plain);
+impl Source for AnyTransport {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interest: mio::Interest,
+    ) -> io::Result<()> {
+        self.socket_mut().register(registry, token, interest)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interest: mio::Interest,
+    ) -> io::Result<()> {
+        self.socket_mut().reregister(registry, token, interest)
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        self.socket_mut().deregister(registry)
+    }
+}
+
+impl AnyTransport {
+    /// The raw stream underneath, whatever rides on it: what `poll` watches.
+    fn socket_mut(&mut self) -> &mut Stream {
+        match self {
+            AnyTransport::Plain(stream) => stream,
+            AnyTransport::Tls(tls) => tls.socket_mut(),
+        }
+    }
+}

@@ -17,6 +17,8 @@ pub struct TestServer {
     pub addrs: Vec<SocketAddr>,
     /// The UDP sockets' addresses, if any were asked for (`udp:HOST:0`).
     pub udp_addrs: Vec<SocketAddr>,
+    /// The TLS listeners' addresses, if any were asked for (`tls:HOST:0`).
+    pub tls_addrs: Vec<SocketAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<io::Result<Stats>>>,
 }
@@ -32,11 +34,13 @@ impl TestServer {
         let server = Server::bind(config).expect("bind test server");
         let addrs = server.local_addrs();
         let udp_addrs = server.local_udp_addrs();
+        let tls_addrs = server.local_tls_addrs();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
         TestServer {
             addrs,
             udp_addrs,
+            tls_addrs,
             handle,
             thread: Some(thread),
         }

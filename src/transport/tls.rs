@@ -1,0 +1,175 @@
+//! TLS over a raw stream (rustls, `ring` provider): the `tls:` transport.
+//!
+//! rustls is sans-I/O: it is handed TLS bytes read from the socket (`read_tls`), turns them
+//! into plaintext (`process_new_packets`, then `reader()`), and holds the TLS records it
+//! wants sent until they are written out (`write_tls`). This file is the pump between it
+//! and the non-blocking socket, keeping the seam's rules (see `transport`):
+//!
+//! - **`read` says `WouldBlock` only when both are empty**: plaintext rustls has already
+//!   decrypted is handed over first; only then is the socket read, until it too says
+//!   `WouldBlock`. So "drain until `WouldBlock`" means the same as on a plain stream, and a
+//!   short read proves nothing (`short_read_means_drained` is false).
+//! - **Every read is followed by a write.** Whatever processing a record produced (a
+//!   handshake reply, a KeyUpdate answer, an alert) is written out at once; what the socket
+//!   refuses shows in `wants().write`, so the connection asks for WRITABLE.
+//! - **Bounded.** rustls buffers at most `TLS_BUFFER_LIMIT` bytes of outgoing records; past
+//!   that, `write` takes nothing (`WouldBlock`) and the echo owes the rest itself, under
+//!   `--max-pending`, as on a plain stream.
+//! - **Ends.** The client's close_notify reads as EOF, and so does a FIN without one (many
+//!   clients end that way). Our end is close_notify, then FIN.
+
+use std::io::{self, Read, Write};
+
+use rustls::ServerConnection;
+
+use super::plain::Stream;
+use crate::readiness::{interrupted, would_block};
+
+/// Outgoing TLS bytes rustls may hold for one connection before `write` stops taking
+/// plaintext: a little over one full record, so the layer adds at most this to what
+/// `--max-pending` bounds.
+const TLS_BUFFER_LIMIT: usize = 20 * 1024;
+
+/// One TLS session over its socket.
+pub(crate) struct TlsStream {
+    /// The TLS state: handshake, keys, buffered records both ways.
+    tls: ServerConnection,
+    /// The socket the records travel on, registered with the loop's `Poll`.
+    socket: Stream,
+    /// The socket said EOF: no more records will come.
+    socket_eof: bool,
+    /// The handshake has been seen to complete (reported once, see `handshake_done`).
+    handshake_reported: bool,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("socket", &self.socket)
+            .field("handshaking", &self.tls.is_handshaking())
+            .finish()
+    }
+}
+
+impl TlsStream {
+    pub(crate) fn new(mut tls: ServerConnection, socket: Stream) -> TlsStream {
+        tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        TlsStream {
+            tls,
+            socket,
+            socket_eof: false,
+            handshake_reported: false,
+        }
+    }
+
+    pub(crate) fn socket_mut(&mut self) -> &mut Stream {
+        &mut self.socket
+    }
+
+    pub(crate) fn socket(&self) -> &Stream {
+        &self.socket
+    }
+
+    /// Whether the handshake is still under way.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.tls.is_handshaking()
+    }
+
+    /// True exactly once: the first time it is asked after the handshake completed.
+    pub(crate) fn handshake_done(&mut self) -> bool {
+        if self.handshake_reported || self.tls.is_handshaking() {
+            return false;
+        }
+        self.handshake_reported = true;
+        true
+    }
+
+    /// Reads TLS bytes from the socket into rustls and processes them. `Ok(false)` when
+    /// the socket had nothing (`WouldBlock`); an error if the peer broke the protocol
+    /// (after a best-effort alert).
+    fn pull(&mut self) -> io::Result<bool> {
+        match self.tls.read_tls(&mut self.socket) {
+            Ok(0) => self.socket_eof = true,
+            Ok(_) => {}
+            Err(err) if would_block(&err) => return Ok(false),
+            Err(err) if interrupted(&err) => return Ok(true),
+            Err(err) => return Err(err),
+        }
+        if let Err(err) = self.tls.process_new_packets() {
+            // Tell the peer why (an alert is queued), then give up on it.
+            let _ = self.push();
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("tls: {err}"),
+            ));
+        }
+        // What processing produced (handshake messages, KeyUpdate replies) goes out now.
+        self.push()?;
+        Ok(true)
+    }
+
+    /// Writes what rustls holds until it is empty or the socket is full.
+    fn push(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut self.socket) {
+                Ok(_) => {}
+                Err(err) if would_block(&err) => return Ok(()),
+                Err(err) if interrupted(&err) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.tls.reader().read(buf) {
+                Ok(n) => return Ok(n), // 0: the client's close_notify
+                Err(err) if would_block(&err) => {}
+                // The socket ended without close_notify: how many clients end. An EOF.
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(err) => return Err(err),
+            }
+            if self.socket_eof {
+                return Ok(0);
+            }
+            if !self.pull()? {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+    }
+
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.tls.is_handshaking() {
+            // Nothing can be sent before the keys exist (an echo never gets here first).
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let taken = self.tls.writer().write(buf)?;
+        self.push()?;
+        if taken == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    pub(crate) fn flush_layer(&mut self) -> io::Result<()> {
+        self.push()
+    }
+
+    pub(crate) fn wants_write(&self) -> bool {
+        self.tls.wants_write()
+    }
+
+    /// close_notify, then FIN. Called once everything owed has been written; the alert is
+    /// a few dozen bytes, so it fits a socket that just took the rest.
+    pub(crate) fn shutdown_writes(&mut self) -> io::Result<()> {
+        self.tls.send_close_notify();
+        self.push()?;
+        self.socket.shutdown_writes()
+    }
+
+    /// Read more from the socket to know more: while the handshake is under way.
+    pub(crate) fn wants_read(&self) -> bool {
+        self.tls.is_handshaking()
+    }
+}
