@@ -499,3 +499,41 @@ fn openssl_s_client_is_answered_on_tls_1_2_and_1_3() {
     let stats = server.stop();
     assert_eq!(stats.tls_handshakes, 2);
 }
+
+#[test]
+fn the_tutorial_client_speaks_tls_verified_or_insecure() {
+    let identity = Identity::new();
+    let server = tls_server(&identity, |_| {});
+    let port = server.tls_addrs[0].port().to_string();
+    let verified = common::example("client")
+        .args(["--tls", "--host", "127.0.0.1", "--port", &port, "--ca"])
+        .arg(identity.cert_path())
+        .output()
+        .unwrap();
+    // The certificate names localhost, not 127.0.0.1: a verifying client refuses it.
+    assert_eq!(verified.status.code(), Some(1));
+    let verified = common::example("client")
+        .args(["--host", &format!("tls://localhost:{port}"), "--ca"])
+        .arg(identity.cert_path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&verified.stdout),
+        "Received: Hello, world\nReceived: 汉语/漢語 Hànyǔ\n",
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let insecure = common::example("client")
+        .args([
+            "--host",
+            &format!("tls://127.0.0.1:{port}"),
+            "--insecure",
+            "no verification",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&insecure.stdout),
+        "Received: no verification\n"
+    );
+}

@@ -18,6 +18,8 @@
 //! cargo run --example client -- --hex "$(printf '\x01\x02')"      # replies as hex
 //! cargo run --example client -- --host unix:/tmp/echod.sock       # a Unix socket
 //! cargo run --example client -- --udp                              # datagrams (echod --listen udp:…)
+//! cargo run --example client -- --host tls://localhost:50443 --insecure  # TLS (echod --listen tls:…)
+//! cargo run --example client -- --tls --port 50443 --ca cert.pem       # TLS, verified
 //! ```
 //!
 //! Exit status: 0 when every echo matched; 1 when one differed, the connection closed
@@ -30,6 +32,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+
+mod tls;
 
 /// What the tutorial's client sends when given nothing to say.
 const DEFAULT_MESSAGES: [&str; 2] = ["Hello, world", "汉语/漢語 Hànyǔ"];
@@ -68,6 +72,18 @@ struct Args {
     #[arg(long)]
     udp: bool,
 
+    /// TLS: the conversation inside a TLS session (also: --host tls://HOST:PORT).
+    #[arg(long)]
+    tls: bool,
+
+    /// With --tls: trust the certificate(s) in this PEM file (echod's --tls-cert).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+
+    /// With --tls: accept any certificate (echod's ephemeral self-signed one).
+    #[arg(long)]
+    insecure: bool,
+
     /// With --udp: how many times a datagram is sent again before giving up.
     #[arg(long, default_value_t = 3)]
     retries: u32,
@@ -98,9 +114,24 @@ fn run(args: &Args) -> Result<(), String> {
     if args.udp {
         return run_udp(args, timeout);
     }
-    let mut stream: Box<dyn Duplex> = match args.host.strip_prefix("unix:") {
+    // `tls://HOST:PORT` says both what to speak and where.
+    let (tls, host, port) = match args.host.strip_prefix("tls://") {
+        Some(host_port) => {
+            let (host, port) = host_port
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                .ok_or_else(|| format!("{}: expected tls://HOST:PORT", args.host))?;
+            (true, host.to_string(), port)
+        }
+        None => (args.tls, args.host.clone(), args.port),
+    };
+    let mut stream: Box<dyn Duplex> = match host.strip_prefix("unix:") {
         Some(path) => Box::new(connect_unix(path, timeout)?),
-        None => Box::new(connect(&args.host, args.port, timeout)?),
+        None if tls => {
+            let socket = connect(&host, port, timeout)?;
+            Box::new(tls::wrap(socket, &host, args.ca.as_deref(), args.insecure)?)
+        }
+        None => Box::new(connect(&host, port, timeout)?),
     };
     let stream = stream.as_mut();
 
