@@ -71,10 +71,17 @@ SCENARIOS = {
            "U3 UDP 16 flows × 4 in flight × 1,400 B"),
     "u4": (["--udp", "--conns", "4", "--pipeline", "2", "--size", "32768"],
            "U4 UDP 4 flows × 2 in flight × 32 KiB"),
+    # TLS (echod --listen tls:…), against the TLS references: the generator's --tls.
+    "t100x64": (["--tls", "--conns", "100", "--size", "64"], "TLS 100 conns × 64 B ping-pong"),
+    "t16k": (["--tls", "--conns", "50", "--size", "16384"], "TLS 50 conns × 16 KiB"),
+    "tchurn": (["--tls", "--churn", "--conns", "100", "--size", "64"],
+               "TLS churn: 100 at once, each connect + handshake + 64 B echo + close"),
 }
+TLS_SCENARIOS = ["t100x64", "t16k", "tchurn"]
+TLS_SERVERS = ["echod", "tokio-tls"]
 UDP_SCENARIOS = ["u1", "u2", "u3", "u4"]
 # Closed loops of echoes (not holding idle, not churning): where --busy-poll and --together apply.
-CLOSED_LOOP = ["100x64", "10kx64", "16k", "pipe8"] + UDP_SCENARIOS
+CLOSED_LOOP = ["100x64", "10kx64", "16k", "pipe8", "t100x64", "t16k"] + UDP_SCENARIOS
 UDP_SERVERS = ["echod", "c-udp", "c-udp-mmsg", "c-udp-gso", "tokio-udp"]
 # Servers built from this checkout: they need nothing from ../shared/bench.
 OWN_SERVERS = ["echod", "echod-b", "echod-poll"]
@@ -126,10 +133,11 @@ def build(anchors, servers):
 class Server:
     """One server process, pinned to core 0, listening on 127.0.0.1:port."""
 
-    def __init__(self, name, port, anchors, wrapper=(), extra=(), udp=False):
+    def __init__(self, name, port, anchors, wrapper=(), extra=(), udp=False, tls=False):
         if name in ("echod", "echod-poll", "echod-b"):
             binary = {"echod": ECHOD, "echod-poll": ECHOD_POLL, "echod-b": ECHOD_B}[name]
-            listen = f"udp:127.0.0.1:{port}" if udp else f"127.0.0.1:{port}"
+            kind = "udp:" if udp else "tls:" if tls else ""
+            listen = f"{kind}127.0.0.1:{port}"
             command = [binary, "-qq", "--listen", listen] + list(extra)
         else:
             command = [os.path.join(anchors, "start.sh"), name, str(port)]
@@ -218,7 +226,7 @@ def slab_kib():
     return None
 
 
-def run_together(names, port, anchors, args, duration, warmup, udp):
+def run_together(names, port, anchors, args, duration, warmup, udp, tls=False):
     """Runs the servers at the same moment, all pinned to core 0, each with its own load
     generator (all on core 1); returns their results in the order named.
 
@@ -230,7 +238,7 @@ def run_together(names, port, anchors, args, duration, warmup, udp):
     servers = []
     try:
         for offset, name in enumerate(names):
-            servers.append(Server(name, port + offset, anchors, udp=udp))
+            servers.append(Server(name, port + offset, anchors, udp=udp, tls=tls))
         generators = [subprocess.Popen(loadgen_command(s.port, [s.pid], args, duration, warmup),
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                       for s in servers]
@@ -251,14 +259,15 @@ def together(opts, scenarios, port):
     skipped = 0
     for scenario in scenarios:
         args, _ = SCENARIOS[scenario]
-        udp = scenario in UDP_SCENARIOS
-        references = [n for n in (opts.udp_servers if udp else opts.servers) if n != "echod"]
+        udp, tls = scenario in UDP_SCENARIOS, scenario in TLS_SCENARIOS
+        servers = opts.udp_servers if udp else opts.tls_servers if tls else opts.servers
+        references = [n for n in servers if n != "echod"]
         for round_number in range(1, opts.rounds + 1):
             for reference in in_turn(references, round_number):
                 pair = ["echod", reference] if round_number % 2 else [reference, "echod"]
                 port += len(pair)
                 results = dict(zip(pair, run_together(pair, port, opts.anchors, args,
-                                                       opts.duration, opts.warmup, udp)))
+                                                       opts.duration, opts.warmup, udp, tls)))
                 ours, theirs = (results[n]["server_cpu_us_per_msg"] for n in ("echod", reference))
                 for name, result in results.items():
                     if result["errors"]:
@@ -416,6 +425,9 @@ def main():
                         help="servers for the UDP scenarios u1–u4 (default: all the UDP "
                              "references, or with --servers, those of its servers that speak "
                              "UDP: `--servers echod` measures echod alone)")
+    parser.add_argument("--tls-servers", nargs="+", default=None,
+                        help="servers for the TLS scenarios (default: echod and tokio-tls, or "
+                             "with --servers, those of its servers that speak TLS)")
     parser.add_argument("--busy-poll", action="store_true",
                         help="the load generator never sleeps (loadgen --busy-poll), so the "
                              "servers' replies never wake it: less of the machine's wake-up "
@@ -427,13 +439,16 @@ def main():
                         help="another echod binary, run as server echod-b beside echod in "
                              "every round (A/B of a change: the tables gain ÷ echod-b)")
     opts = parser.parse_args()
+    if opts.tls_servers is None:
+        opts.tls_servers = (list(TLS_SERVERS) if opts.servers == DEFAULT_SERVERS
+                            else [n for n in opts.servers if n in TLS_SERVERS + OWN_SERVERS])
     if opts.udp_servers is None:
         opts.udp_servers = (list(UDP_SERVERS) if opts.servers == DEFAULT_SERVERS
                             else [n for n in opts.servers if n in UDP_SERVERS + OWN_SERVERS])
     if opts.echod_b:
         global ECHOD_B
         ECHOD_B = os.path.abspath(opts.echod_b)
-        for servers in (opts.servers, opts.udp_servers):
+        for servers in (opts.servers, opts.udp_servers, opts.tls_servers):
             if "echod-b" not in servers:
                 servers.append("echod-b")
     if opts.sweep:
@@ -443,11 +458,13 @@ def main():
             build(opts.anchors, opts.servers)
         return sweep(opts)
 
-    tcp_scenarios = [s for s in opts.scenarios if s not in UDP_SCENARIOS]
+    tcp_scenarios = [s for s in opts.scenarios if s not in UDP_SCENARIOS + TLS_SCENARIOS]
     udp_scenarios = [s for s in opts.scenarios if s in UDP_SCENARIOS]
+    tls_scenarios = [s for s in opts.scenarios if s in TLS_SCENARIOS]
     if not opts.no_build:
         build(opts.anchors, (opts.servers if tcp_scenarios else [])
-              + (opts.udp_servers if udp_scenarios else []))
+              + (opts.udp_servers if udp_scenarios else [])
+              + (opts.tls_servers if tls_scenarios else []))
     port = 21000  # below the ephemeral range (32768+), which TIME_WAIT client ports fill
     if opts.together:
         if opts.busy_poll:
@@ -468,12 +485,12 @@ def main():
                 idle2x.append(result)
                 log(f"idle2x  round {round_number} {result}")
             continue
-        udp = scenario in UDP_SCENARIOS
-        servers = opts.udp_servers if udp else opts.servers
+        udp, tls = scenario in UDP_SCENARIOS, scenario in TLS_SCENARIOS
+        servers = opts.udp_servers if udp else opts.tls_servers if tls else opts.servers
         for round_number in range(1, opts.rounds + 1):
             for name in in_turn(servers, round_number):
                 port += 1
-                server = Server(name, port, opts.anchors, udp=udp)
+                server = Server(name, port, opts.anchors, udp=udp, tls=tls)
                 try:
                     duration = opts.duration
                     extra = ["--busy-poll"] if opts.busy_poll and scenario in CLOSED_LOOP else []
@@ -522,6 +539,10 @@ def main():
         print_idle2x(idle2x)
     if udp_scenarios:
         print_udp_table(opts, udp_scenarios, results, udp_syscalls)
+    if tls_scenarios:
+        print("\nTLS (echod --listen tls:…; the load generator's --tls):\n")
+        opts.servers, opts.scenarios = opts.tls_servers, tls_scenarios
+        print_table(opts, results, {}, {})
 
 
 def print_udp_table(opts, scenarios, results, syscalls):
@@ -557,7 +578,7 @@ def print_udp_table(opts, scenarios, results, syscalls):
 
 
 def figures(scenario):
-    return PER_CONNECTION if scenario == "churn" else PER_MESSAGE
+    return PER_CONNECTION if scenario in ("churn", "tchurn") else PER_MESSAGE
 
 
 def print_idle2x(runs):

@@ -250,3 +250,26 @@ fn churn_catches_a_corrupting_server() {
     assert!(json_field(&json, "mismatches") >= 1, "{json}");
     assert_eq!(json_field(&json, "cycles"), 0);
 }
+
+#[test]
+fn over_tls_every_byte_is_checked_and_churn_shakes_hands_each_time() {
+    let config = echod::Config::listening_on(["127.0.0.1:0", "tls:127.0.0.1:0"]);
+    let server = TestServer::with(config);
+    let tls = format!("tls:{}", server.tls_addrs[0]);
+    let (out, json) = loadgen(
+        &tls,
+        &["--conns", "10", "--size", "5000", "--pipeline", "2", "--duration", "0.5"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert_eq!(json_field(&json, "errors"), 0);
+    let msgs = json_field(&json, "msgs");
+    assert!(msgs > 0, "{json}");
+    let (out, json) = loadgen(&tls, &["--churn", "--conns", "4", "--duration", "0.5"]);
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    let cycles = json_field(&json, "cycles");
+    assert!(cycles > 0, "{json}");
+    let stats = server.stats();
+    // One handshake per connection: the ten loaded ones, and every churned one.
+    assert!(stats.tls_handshakes >= 10 + cycles, "{stats:?} {json}");
+    assert_eq!(stats.tls_handshakes_failed, 0, "{stats:?}");
+}

@@ -3,7 +3,7 @@
 //! A client must decide whom it trusts: `--ca FILE` trusts the certificate(s) in a PEM
 //! file (echod's `--tls-cert`, or a CA that signed it); `--insecure` trusts anyone, which
 //! is what talking to echod's ephemeral self-signed certificate takes (its fingerprint is
-//! in echod's log, to compare by eye).
+//! in echod's log, to compare by eye). The load generator shares this file (`#[path]`).
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -16,12 +16,27 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned};
 
 /// A TLS session over `socket` with `host`, trusting `ca` (or anyone, if `insecure`).
+#[allow(dead_code)] // the load generator, which shares this file, drives sessions itself
 pub fn wrap(
     socket: TcpStream,
     host: &str,
     ca: Option<&Path>,
     insecure: bool,
 ) -> Result<StreamOwned<ClientConnection, TcpStream>, String> {
+    let config = client_config(ca, insecure)?;
+    let session = ClientConnection::new(config, server_name(host)?).map_err(|e| e.to_string())?;
+    Ok(StreamOwned::new(session, socket))
+}
+
+/// The name a certificate must carry: a host name, or an IP address.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+        .map(|name| name.to_owned())
+        .map_err(|err| format!("{host}: {err}"))
+}
+
+/// Whom a client trusts: the certificates in `ca`, or (`insecure`) anyone.
+pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -47,11 +62,7 @@ pub fn wrap(
             return Err("--tls needs --ca FILE (the server's certificate) or --insecure".into());
         }
     };
-    let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
-        .map_err(|err| format!("{host}: {err}"))?
-        .to_owned();
-    let session = ClientConnection::new(Arc::new(config), name).map_err(|err| err.to_string())?;
-    Ok(StreamOwned::new(session, socket))
+    Ok(Arc::new(config))
 }
 
 /// `--insecure`: any certificate is accepted; signatures are still checked, so the peer

@@ -18,8 +18,11 @@
 //! Exit status: 0 on a clean run; 1 if any echoed byte differed, a connection failed or
 //! was lost, or (with `--idle`) a connection did not answer; 2 for bad flags.
 
+mod link;
 mod probe;
 mod report;
+#[path = "../client/tls.rs"]
+mod trust;
 mod udp;
 mod wire;
 mod worker;
@@ -120,6 +123,11 @@ struct Args {
     #[arg(long, value_name = "PID")]
     server_pid: Vec<u32>,
 
+    /// TLS: every connection a TLS session (also: --addr tls:HOST:PORT). The server's
+    /// certificate is not verified (benchmarks meet self-signed ones); signatures are.
+    #[arg(long, conflicts_with = "udp")]
+    tls: bool,
+
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
@@ -184,9 +192,12 @@ fn target(spec: &str) -> Result<Target, String> {
             .map(Target::Tcp)
             .ok_or_else(|| format!("{spec} resolved to no address")),
         ListenSpec::Udp(_) => Err(format!("{spec} is a UDP address: add --udp")),
-        ListenSpec::Tls(_) => Err(format!(
-            "{spec}: the load generator speaks no TLS yet (examples/client.rs does)"
-        )),
+        ListenSpec::Tls(host_port) => host_port
+            .to_socket_addrs()
+            .map_err(|err| format!("cannot resolve {spec}: {err}"))?
+            .next()
+            .map(Target::Tcp)
+            .ok_or_else(|| format!("{spec} resolved to no address")),
         ListenSpec::UnixPath(path) => unix(std::os::unix::net::SocketAddr::from_pathname(path)),
         ListenSpec::UnixAbstract(name) => {
             #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -208,6 +219,13 @@ fn run(args: &Args) -> Result<Report, String> {
     } else {
         target(&args.addr)?
     };
+    // TLS by flag or by the address's own prefix; the host is the name to ask for.
+    let tls = args.tls || args.addr.starts_with("tls:");
+    let tls_host = args
+        .addr
+        .trim_start_matches("tls:")
+        .rsplit_once(':')
+        .map(|(host, _)| host.to_string());
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("--rate must be a positive number".into());
     }
@@ -230,6 +248,12 @@ fn run(args: &Args) -> Result<Report, String> {
         rate: args.rate.map(|r| r / threads as f64),
         connects_in_flight: (args.connect_burst as usize).div_ceil(threads),
         connect_timeout: seconds("connect-timeout", args.connect_timeout, false)?,
+        tls: if tls {
+            let host = tls_host.as_deref().unwrap_or("localhost");
+            Some((trust::client_config(None, true)?, trust::server_name(host)?))
+        } else {
+            None
+        },
     };
 
     // One descriptor per connection: take all the process may have.

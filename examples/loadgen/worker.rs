@@ -8,10 +8,10 @@
 //!    rate), checking every echoed byte and timing every message;
 //! 3. or, with `--idle`, **hold** every connection silent, then ping each once.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Barrier, OnceLock};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use echod::transport::Stream as Socket;
@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 
+use crate::link::Link;
 use crate::probe::thread_sleeps;
 use crate::wire::{Stream, pattern};
 
@@ -51,6 +52,11 @@ pub struct Plan {
     /// Connects in flight at once, for this thread.
     pub connects_in_flight: usize,
     pub connect_timeout: Duration,
+    /// `--tls`: whom to trust and which name to ask for (`None`: plain).
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 /// What the threads share: progress counters and the common start line.
@@ -206,8 +212,8 @@ fn bind_address_no_port(socket: &socket2::Socket) -> io::Result<()> {
 
 /// One client connection's state.
 struct Conn {
-    /// TCP or Unix, driven alike through echod's own stream seam.
-    stream: Socket,
+    /// TCP or Unix, plain or TLS, driven alike through echod's own stream seam.
+    stream: Link,
     id: u32,
     phase: Phase,
     /// Stream bytes written so far.
@@ -325,7 +331,8 @@ impl Worker<'_> {
                             token,
                             Interest::READABLE | Interest::WRITABLE,
                         )?;
-                        conns.push(Conn::new(stream, id, self.plan.pipeline));
+                        let link = Link::new(stream, self.plan.tls.as_ref())?;
+                        conns.push(Conn::new(link, id, self.plan.pipeline));
                         in_flight += 1;
                     }
                     Err(err) => {
@@ -530,7 +537,8 @@ impl Worker<'_> {
                     Token(slot),
                     Interest::READABLE | Interest::WRITABLE,
                 )?;
-                let mut conn = Conn::new(stream, id, 1);
+                let link = Link::new(stream, self.plan.tls.as_ref())?;
+                let mut conn = Conn::new(link, id, 1);
                 conn.allowed = 1;
                 conn.connect_started_ns = self.now_ns;
                 slots[slot] = Some(conn);
@@ -625,6 +633,9 @@ impl Worker<'_> {
         let completed = conn.received / size;
         let may_start = (completed + self.plan.pipeline as u64).min(conn.allowed);
         let target = may_start.saturating_mul(size);
+        if let Err(err) = conn.stream.flush_layer() {
+            return self.fail(conn, &err);
+        }
         while conn.written < target {
             let len = ((target - conn.written) as usize).min(self.write_buf.len());
             // Stamp each message whose first byte goes out in this write.
@@ -707,7 +718,7 @@ impl Worker<'_> {
 }
 
 impl Conn {
-    fn new(stream: Socket, id: u32, pipeline: usize) -> Conn {
+    fn new(stream: Link, id: u32, pipeline: usize) -> Conn {
         Conn {
             stream,
             id,

@@ -29,7 +29,7 @@ use mio::event::Source;
 pub use certs::TlsIdentity;
 pub use peer::Peer;
 pub use plain::Stream;
-use tls::TlsStream;
+pub use tls::TlsStream;
 
 /// What a listener's connections speak above the raw stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,7 +135,7 @@ impl AnyTransport {
                     .ok_or_else(|| io::Error::other("a tls: listener without a certificate"))?;
                 let session =
                     rustls::ServerConnection::new(identity.config()).map_err(io::Error::other)?;
-                AnyTransport::Tls(Box::new(TlsStream::new(session, stream)))
+                AnyTransport::Tls(Box::new(TlsStream::server(session, stream)))
             }
         })
     }

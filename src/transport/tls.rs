@@ -1,4 +1,5 @@
-//! TLS over a raw stream (rustls, `ring` provider): the `tls:` transport.
+//! TLS over a raw stream (rustls, `ring` provider): the `tls:` transport, and (public, for
+//! the load generator) the same pump for a client session.
 //!
 //! rustls is sans-I/O: it is handed TLS bytes read from the socket (`read_tls`), turns them
 //! into plaintext (`process_new_packets`, then `reader()`), and holds the TLS records it
@@ -20,7 +21,7 @@
 
 use std::io::{self, Read, Write};
 
-use rustls::ServerConnection;
+use rustls::{ClientConnection, Connection, ServerConnection};
 
 use super::plain::Stream;
 use crate::readiness::{interrupted, would_block};
@@ -30,10 +31,10 @@ use crate::readiness::{interrupted, would_block};
 /// `--max-pending` bounds.
 const TLS_BUFFER_LIMIT: usize = 20 * 1024;
 
-/// One TLS session over its socket.
-pub(crate) struct TlsStream {
+/// One TLS session over its non-blocking socket, server or client side.
+pub struct TlsStream {
     /// The TLS state: handshake, keys, buffered records both ways.
-    tls: ServerConnection,
+    tls: Connection,
     /// The socket the records travel on, registered with the loop's `Poll`.
     socket: Stream,
     /// The socket said EOF: no more records will come.
@@ -52,7 +53,17 @@ impl std::fmt::Debug for TlsStream {
 }
 
 impl TlsStream {
-    pub(crate) fn new(mut tls: ServerConnection, socket: Stream) -> TlsStream {
+    /// The server side of an accepted connection.
+    pub fn server(tls: ServerConnection, socket: Stream) -> TlsStream {
+        TlsStream::new(Connection::Server(tls), socket)
+    }
+
+    /// The client side of a connected socket (the handshake starts with the first write).
+    pub fn client(tls: ClientConnection, socket: Stream) -> TlsStream {
+        TlsStream::new(Connection::Client(tls), socket)
+    }
+
+    fn new(mut tls: Connection, socket: Stream) -> TlsStream {
         tls.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         TlsStream {
             tls,
@@ -62,16 +73,17 @@ impl TlsStream {
         }
     }
 
-    pub(crate) fn socket_mut(&mut self) -> &mut Stream {
+    /// The socket underneath (to register it, or ask it for its error).
+    pub fn socket_mut(&mut self) -> &mut Stream {
         &mut self.socket
     }
 
-    pub(crate) fn socket(&self) -> &Stream {
+    pub fn socket(&self) -> &Stream {
         &self.socket
     }
 
     /// Whether the handshake is still under way.
-    pub(crate) fn is_handshaking(&self) -> bool {
+    pub fn is_handshaking(&self) -> bool {
         self.tls.is_handshaking()
     }
 
@@ -121,7 +133,9 @@ impl TlsStream {
         Ok(())
     }
 
-    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Application bytes; `Ok(0)` at the peer's end; `WouldBlock` only when rustls holds no
+    /// plaintext and the socket has nothing either.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.tls.reader().read(buf) {
                 Ok(n) => return Ok(n), // 0: the client's close_notify
@@ -139,9 +153,12 @@ impl TlsStream {
         }
     }
 
-    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    /// Application bytes taken (and sent as far as the socket allows), or `WouldBlock`.
+    pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.tls.is_handshaking() {
-            // Nothing can be sent before the keys exist (an echo never gets here first).
+            // Nothing can be sent before the keys exist: move the handshake on (a client's
+            // first write sends its ClientHello) and come back when it is done.
+            self.push()?;
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let taken = self.tls.writer().write(buf)?;
@@ -152,17 +169,19 @@ impl TlsStream {
         Ok(taken)
     }
 
-    pub(crate) fn flush_layer(&mut self) -> io::Result<()> {
+    /// Sends what rustls holds, until done or `WouldBlock`.
+    pub fn flush_layer(&mut self) -> io::Result<()> {
         self.push()
     }
 
-    pub(crate) fn wants_write(&self) -> bool {
+    /// rustls holds records still to send.
+    pub fn wants_write(&self) -> bool {
         self.tls.wants_write()
     }
 
     /// close_notify, then FIN. Called once everything owed has been written; the alert is
     /// a few dozen bytes, so it fits a socket that just took the rest.
-    pub(crate) fn shutdown_writes(&mut self) -> io::Result<()> {
+    pub fn shutdown_writes(&mut self) -> io::Result<()> {
         self.tls.send_close_notify();
         self.push()?;
         self.socket.shutdown_writes()
