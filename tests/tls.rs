@@ -537,3 +537,26 @@ fn the_tutorial_client_speaks_tls_verified_or_insecure() {
         "Received: no verification\n"
     );
 }
+
+#[test]
+fn data_and_a_bare_fin_together_still_get_their_echo() {
+    let identity = Identity::new();
+    let server = tls_server(&identity, |_| {});
+    for _ in 0..20 {
+        let mut client = tls_connect(
+            server.tls_addrs[0],
+            client_config(&identity.cert, &rustls::version::TLS13),
+        );
+        round_trip(&mut client, b"handshake done");
+        // The last records and the FIN leave together: the server must read past the
+        // short read to the EOF behind it, and still answer everything first.
+        client.write_all(b"last words").unwrap();
+        client.flush().unwrap();
+        client.sock.shutdown(Shutdown::Write).unwrap();
+        let mut reply = [0; 10];
+        client.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"last words");
+    }
+    let stats = server.wait_for("every close", |s| s.closed_total() == 20);
+    assert_eq!(stats.closed_eof, 20, "{stats:?}");
+}

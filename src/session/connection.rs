@@ -235,6 +235,7 @@ impl Connection {
         }
         if ready.read_closed && self.read_side == ReadSide::Open {
             self.read_side = ReadSide::FinSeen;
+            self.transport.note_peer_fin();
         }
         if ready.writable {
             // What the protocol holds of its own is older than anything owed: it goes first.

@@ -94,13 +94,18 @@ pub(crate) trait Transport: Source {
     /// its end and may still send.
     fn shutdown_writes(&mut self) -> io::Result<()>;
 
-    /// Whether a read shorter than asked means the socket is drained (see
+    /// Asked right after a read shorter than asked: whether the socket is drained, so the
+    /// confirming read can be skipped (see
     /// [`SHORT_READ_MEANS_DRAINED`](crate::readiness::SHORT_READ_MEANS_DRAINED)). A layer
-    /// that reads more from the socket than it returns must say no.
+    /// that reads more from the socket than it returns answers for its own buffer too.
     fn short_read_means_drained(&self) -> bool;
 
     /// The socket's pending error (`SO_ERROR`), if any.
     fn take_error(&self) -> io::Result<Option<io::Error>>;
+
+    /// The peer's FIN has been reported (EPOLLRDHUP): a layer that skips confirming reads
+    /// must stop skipping them, or the EOF behind the data is never read.
+    fn note_peer_fin(&mut self);
 
     /// Whether the protocol's handshake is still under way (never, for a plain stream).
     fn is_handshaking(&self) -> bool;
@@ -188,8 +193,9 @@ impl Transport for AnyTransport {
     fn short_read_means_drained(&self) -> bool {
         match self {
             AnyTransport::Plain(_) => crate::readiness::SHORT_READ_MEANS_DRAINED,
-            // Plaintext comes from rustls's buffer: a short read says nothing of the socket.
-            AnyTransport::Tls(_) => false,
+            // Plaintext comes from rustls's buffer: only the layer knows whether the socket
+            // behind it is drained too.
+            AnyTransport::Tls(tls) => tls.drained(),
         }
     }
 
@@ -197,6 +203,14 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Plain(stream) => stream.take_error(),
             AnyTransport::Tls(tls) => tls.socket().take_error(),
+        }
+    }
+
+    #[inline]
+    fn note_peer_fin(&mut self) {
+        match self {
+            AnyTransport::Plain(_) => {} // the connection itself keeps this in mind
+            AnyTransport::Tls(tls) => tls.note_peer_fin(),
         }
     }
 

@@ -24,7 +24,7 @@ use std::io::{self, Read, Write};
 use rustls::{ClientConnection, Connection, ServerConnection};
 
 use super::plain::Stream;
-use crate::readiness::{interrupted, would_block};
+use crate::readiness::{SHORT_READ_MEANS_DRAINED, interrupted, would_block};
 
 /// Outgoing TLS bytes rustls may hold for one connection before `write` stops taking
 /// plaintext: a little over one full record, so the layer adds at most this to what
@@ -41,6 +41,15 @@ pub struct TlsStream {
     socket_eof: bool,
     /// The handshake has been seen to complete (reported once, see `handshake_done`).
     handshake_reported: bool,
+    /// The last socket read returned less than rustls asked for: the socket is drained,
+    /// and on epoll and kqueue new data raises a fresh edge. Once the plaintext it brought
+    /// is handed over too, the confirming read that would say `WouldBlock` can be skipped
+    /// (one system call per message; see `drained`).
+    socket_drained: bool,
+    /// Decrypted bytes rustls still holds for the reader.
+    plaintext_left: usize,
+    /// The peer's FIN was reported: read on to the EOF, skip nothing.
+    peer_fin: bool,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -70,6 +79,9 @@ impl TlsStream {
             socket,
             socket_eof: false,
             handshake_reported: false,
+            socket_drained: false,
+            plaintext_left: 0,
+            peer_fin: false,
         }
     }
 
@@ -100,20 +112,35 @@ impl TlsStream {
     /// the socket had nothing (`WouldBlock`); an error if the peer broke the protocol
     /// (after a best-effort alert).
     fn pull(&mut self) -> io::Result<bool> {
-        match self.tls.read_tls(&mut self.socket) {
+        let mut probe = ShortReadProbe {
+            socket: &mut self.socket,
+            short: false,
+        };
+        let read = self.tls.read_tls(&mut probe);
+        self.socket_drained = probe.short && SHORT_READ_MEANS_DRAINED && !self.peer_fin;
+        match read {
             Ok(0) => self.socket_eof = true,
             Ok(_) => {}
             Err(err) if would_block(&err) => return Ok(false),
             Err(err) if interrupted(&err) => return Ok(true),
             Err(err) => return Err(err),
         }
-        if let Err(err) = self.tls.process_new_packets() {
-            // Tell the peer why (an alert is queued), then give up on it.
-            let _ = self.push();
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("tls: {err}"),
-            ));
+        match self.tls.process_new_packets() {
+            Ok(state) => {
+                self.plaintext_left = state.plaintext_bytes_to_read();
+                // After the peer's close_notify the reader has one more thing to say: EOF.
+                if state.peer_has_closed() {
+                    self.socket_drained = false;
+                }
+            }
+            Err(err) => {
+                // Tell the peer why (an alert is queued), then give up on it.
+                let _ = self.push();
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("tls: {err}"),
+                ));
+            }
         }
         // What processing produced (handshake messages, KeyUpdate replies) goes out now.
         self.push()?;
@@ -138,7 +165,10 @@ impl TlsStream {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.tls.reader().read(buf) {
-                Ok(n) => return Ok(n), // 0: the client's close_notify
+                Ok(n) => {
+                    self.plaintext_left = self.plaintext_left.saturating_sub(n);
+                    return Ok(n); // 0: the client's close_notify
+                }
                 Err(err) if would_block(&err) => {}
                 // The socket ended without close_notify: how many clients end. An EOF.
                 Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
@@ -187,8 +217,36 @@ impl TlsStream {
         self.socket.shutdown_writes()
     }
 
+    /// Whether the read just made emptied both rustls's plaintext and (by a short read) the
+    /// socket, so that the caller may stop without the confirming read: the TLS form of a
+    /// plain stream's short-read shortcut, on the same selectors, never once the peer's
+    /// FIN is known (the EOF behind the data must still be read).
+    pub(crate) fn drained(&self) -> bool {
+        self.socket_drained && self.plaintext_left == 0
+    }
+
+    /// From now on, every read goes to the socket (see `drained`).
+    pub(crate) fn note_peer_fin(&mut self) {
+        self.peer_fin = true;
+        self.socket_drained = false;
+    }
+
     /// Read more from the socket to know more: while the handshake is under way.
     pub(crate) fn wants_read(&self) -> bool {
         self.tls.is_handshaking()
+    }
+}
+
+/// The socket as rustls reads it, noting whether a read came back short.
+struct ShortReadProbe<'a> {
+    socket: &'a mut Stream,
+    short: bool,
+}
+
+impl Read for ShortReadProbe<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.socket.read(buf)?;
+        self.short = n > 0 && n < buf.len();
+        Ok(n)
     }
 }
