@@ -454,3 +454,43 @@ fn the_shipped_units_verify_without_a_warning() {
     assert!(out.status.success(), "{said}");
     assert_eq!(said, "", "systemd-analyze verify had something to say");
 }
+
+#[test]
+fn an_inherited_socket_named_tls_is_served_as_tls() {
+    let Some(tool) = systemd_tool("systemd-socket-activate") else {
+        return;
+    };
+    let (running, port) = activate(
+        &tool,
+        &["--listen=127.0.0.1:PORT", "--fdname=tls-echo"],
+        &[],
+        "Listening on 127.0.0.1:PORT as 3.",
+    );
+    // Python's ssl module, not verifying echod's self-signed certificate.
+    const SCRIPT: &str = r#"
+import socket, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+with ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)) as tls:
+    tls.sendall(b"activated over TLS")
+    print(tls.recv(64).decode())
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT, &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "activated over TLS",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = running.log.wait_for("listening on tls:");
+    assert!(
+        log.contains(&format!(
+            "adopted inherited socket 0 (\"tls-echo\"): tls:127.0.0.1:{port}"
+        )),
+        "{log}"
+    );
+}

@@ -64,6 +64,12 @@ pub fn take_all() -> Result<Inherited, ListenError> {
         };
         match adopt(socket) {
             Ok(Adopted::Stream(socket, endpoint)) => {
+                let endpoint = match endpoint {
+                    Endpoint::Tcp(addr) if name.as_deref().is_some_and(names_tls) => {
+                        Endpoint::Tls(addr)
+                    }
+                    endpoint => endpoint,
+                };
                 let listener = Listener::new(socket, endpoint, name, None);
                 info!("adopted {described}: {}", listener.endpoint);
                 listeners.push(listener);
@@ -80,6 +86,12 @@ pub fn take_all() -> Result<Inherited, ListenError> {
         datagrams,
         offered: passed.len(),
     })
+}
+
+/// A TCP socket whose `FileDescriptorName=` is `tls` or begins with `tls-` is served as
+/// TLS (systemd passes sockets, not protocols: the name is how a unit says which).
+fn names_tls(name: &str) -> bool {
+    name == "tls" || name.starts_with("tls-")
 }
 
 /// What a passed descriptor turned out to be.
