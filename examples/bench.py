@@ -76,8 +76,10 @@ SCENARIOS = {
     "t16k": (["--tls", "--conns", "50", "--size", "16384"], "TLS 50 conns × 16 KiB"),
     "tchurn": (["--tls", "--churn", "--conns", "100", "--size", "64"],
                "TLS churn: 100 at once, each connect + handshake + 64 B echo + close"),
+    "tidle": (["--tls", "--conns", "5000", "--idle"], "TLS 5,000 idle connections held"),
 }
-TLS_SCENARIOS = ["t100x64", "t16k", "tchurn"]
+TLS_SCENARIOS = ["t100x64", "t16k", "tchurn", "tidle"]
+IDLE_SCENARIOS = ["idle", "tidle"]
 TLS_SERVERS = ["echod", "tokio-tls"]
 UDP_SCENARIOS = ["u1", "u2", "u3", "u4"]
 # Closed loops of echoes (not holding idle, not churning): where --busy-poll and --together apply.
@@ -626,7 +628,7 @@ def print_table(opts, results, syscalls, instructions):
     print("|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda v, spec: "–" if v is None else format(v, spec)
     for scenario in opts.scenarios:
-        idle = scenario == "idle"
+        idle = scenario in IDLE_SCENARIOS
         if scenario == "idle2x":
             continue
         for name in opts.servers:
@@ -645,7 +647,8 @@ def print_table(opts, results, syscalls, instructions):
                   f"| {fmt(pick('p50_us'), '.0f')} | {fmt(pick('p99_us'), '.0f')} "
                   f"| {fmt(peak, '.1f')} | {fmt(per_conn, '.3f')} |")
     references = [n for n in opts.servers if n != "echod"]
-    if "echod" not in opts.servers or not references:
+    busy = [s for s in opts.scenarios if s not in IDLE_SCENARIOS + ["idle2x"]]
+    if "echod" not in opts.servers or not references or not busy:
         return
     print("\nechod ÷ reference, each ratio taken within one round (back-to-back runs), "
           "median [lowest–highest] over rounds; below 1.00 means echod used less.\n")
@@ -653,7 +656,7 @@ def print_table(opts, results, syscalls, instructions):
           + " | " + " | ".join(f"p99 ÷ {r}" for r in references) + " |")
     print("|---|" + "---|" * (2 * len(references)))
     for scenario in opts.scenarios:
-        if scenario in ("idle", "idle2x"):
+        if scenario in IDLE_SCENARIOS + ["idle2x"]:
             continue
         cells = []
         for key in (figures(scenario)[0], "p99_us"):

@@ -273,13 +273,17 @@ fn over_tls_every_byte_is_checked_and_churn_shakes_hands_each_time() {
     assert_eq!(json_field(&json, "errors"), 0);
     let msgs = json_field(&json, "msgs");
     assert!(msgs > 0, "{json}");
+    // Held idle: each handshake completes while it waits, and each answers its ping.
+    let (out, json) = loadgen(&tls, &["--idle", "--conns", "30", "--duration", "0.3"]);
+    assert_eq!(out.status.code(), Some(0), "{json}");
+    assert_eq!(json_field(&json, "answered"), 30, "{json}");
     let (out, json) = loadgen(&tls, &["--churn", "--conns", "4", "--duration", "0.5"]);
     assert_eq!(out.status.code(), Some(0), "{json}");
     let cycles = json_field(&json, "cycles");
     assert!(cycles > 0, "{json}");
     let stats = server.stats();
-    // One handshake per connection: the ten loaded ones, and every churned one.
-    assert!(stats.tls_handshakes >= 10 + cycles, "{stats:?} {json}");
+    // One handshake per connection: the ten loaded, the thirty held, every churned one.
+    assert!(stats.tls_handshakes >= 40 + cycles, "{stats:?} {json}");
     // Only the churn slots cut off mid-handshake when the window closed may have failed.
     assert!(stats.tls_handshakes_failed <= 4, "{stats:?}");
 }

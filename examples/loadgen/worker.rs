@@ -400,6 +400,7 @@ impl Worker<'_> {
         let mut pacer = Pacer::new(self.plan.rate);
         let (size, pipeline) = (self.plan.size as u64, self.plan.pipeline as u64);
         self.tick();
+        self.catch_up_reads(conns);
         for conn in conns.iter_mut() {
             if self.plan.rate.is_some() {
                 conn.allowed = 0; // each message waits for the pacer's permission
@@ -573,6 +574,7 @@ impl Worker<'_> {
         start: Instant,
     ) -> io::Result<()> {
         let hold_end = start + self.plan.duration;
+        self.catch_up_reads(conns);
         loop {
             let now = self.tick();
             if now >= hold_end {
@@ -625,6 +627,17 @@ impl Worker<'_> {
         let size = self.plan.size as u64;
         self.out.answered = conns.iter().filter(|c| c.received >= size).count() as u64;
         Ok(())
+    }
+
+    /// Reads every open connection once, to `WouldBlock`. The ramp handles only connect
+    /// completions, so a readable edge that arrived meanwhile (a TLS server's handshake
+    /// reply) was consumed unanswered: under edge triggering it would never come again.
+    fn catch_up_reads(&mut self, conns: &mut [Conn]) {
+        for conn in conns.iter_mut() {
+            if conn.phase == Phase::Open {
+                self.pump_reads(conn);
+            }
+        }
     }
 
     /// Writes as much of the connection's stream as the pipeline (and pacing) allow.
@@ -751,6 +764,9 @@ impl Conn {
             return Ok(false);
         }
         self.stream.set_nodelay()?;
+        // A TLS client speaks first: its ClientHello goes out now, so that even a held
+        // (--idle) connection completes its handshake while it waits.
+        self.stream.flush_layer()?;
         Ok(true)
     }
 }
