@@ -21,7 +21,8 @@ pub struct Args {
     /// address it yields is bound ("localhost" means 127.0.0.1 and ::1; `[::]:PORT` is
     /// every interface, IPv4 and IPv6 alike). unix:PATH: a Unix socket file.
     /// unix:@NAME: a Linux abstract Unix socket. udp:HOST:PORT: UDP, resolved as for TCP.
-    /// tls:HOST:PORT: TLS over TCP (see --tls-cert).
+    /// tls:HOST:PORT: TLS over TCP (see --tls-cert). ws:HOST:PORT, wss:HOST:PORT: WebSocket,
+    /// plain or over TLS (any request path).
     /// [default: localhost:50007, unless systemd passed sockets]
     #[arg(long = "listen", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Vec<String>,
@@ -119,10 +120,16 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
-    /// Close a connection whose TLS handshake is not done within this long.
+    /// Close a connection whose TLS handshake or WebSocket upgrade is not done within this
+    /// long.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true,
           default_value = "10")]
     pub handshake_timeout: Duration,
+
+    /// WebSocket messages larger than this are refused with close code 1009. Suffixes K,
+    /// M, G.
+    #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_bytes)]
+    pub ws_max_message: usize,
 
     /// Log a line of counters this often. Default: only at exit and on SIGUSR1.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
@@ -199,6 +206,7 @@ impl Args {
             stats_json: self.stats_json,
             tls_files: self.tls_cert.zip(self.tls_key),
             handshake_timeout: self.handshake_timeout,
+            ws_max_message: self.ws_max_message,
             handle_signals: true,
             ..Config::default()
         }

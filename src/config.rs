@@ -30,6 +30,8 @@ pub const DEFAULT_READ_BUDGET: usize = 256 * 1024;
 pub const DEFAULT_ACCEPT_BUDGET: usize = 128;
 /// How long a graceful stop waits for pending output to drain.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest WebSocket message echoed by default; a larger one is refused (1009).
+pub const DEFAULT_WS_MAX_MESSAGE: usize = 16 << 20;
 /// How long a TLS handshake may take before the connection is closed.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Descriptors kept back from `--max-connections`' default for listeners, the poll
@@ -54,7 +56,7 @@ pub const ACK_REPLY: &[u8] = b"Got it!";
 /// Everything a [`Server`](crate::Server) needs to know, already validated.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `HOST:PORT`, `tls:HOST:PORT`, `udp:HOST:PORT`, `unix:PATH` or `unix:@NAME` specs; each is resolved and every
+    /// `HOST:PORT`, `tls:HOST:PORT`, `ws:HOST:PORT`, `wss:HOST:PORT`, `udp:HOST:PORT`, `unix:PATH` or `unix:@NAME` specs; each is resolved and every
     /// resolved address is bound. Empty: [`DEFAULT_LISTEN`], unless sockets were inherited.
     pub listen: Vec<String>,
     /// Adopt sockets passed by systemd (`LISTEN_FDS`) besides those in `listen`.
@@ -109,8 +111,11 @@ pub struct Config {
     /// The certificate chain and private key (PEM files) `tls:` listeners present;
     /// `None`: an ephemeral self-signed certificate.
     pub tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// Close a connection whose TLS handshake is not done within this long.
+    /// Close a connection whose TLS handshake (or WebSocket upgrade) is not done within
+    /// this long.
     pub handshake_timeout: Duration,
+    /// A WebSocket message larger than this is refused with close code 1009.
+    pub ws_max_message: usize,
     /// Handle SIGINT/SIGTERM (graceful stop), SIGUSR1 (log stats) and SIGHUP (re-read the
     /// certificate) in the loop.
     /// The binary turns this on; an in-process test server leaves it off.
@@ -147,6 +152,7 @@ impl Default for Config {
             stats_json: false,
             tls_files: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            ws_max_message: DEFAULT_WS_MAX_MESSAGE,
             handle_signals: false,
         }
     }

@@ -127,6 +127,19 @@ impl Server {
             .collect()
     }
 
+    /// The WebSocket addresses actually bound (`ws:` and `wss:` listeners), with whether
+    /// each is over TLS, in `--listen` order.
+    pub fn local_ws_addrs(&self) -> Vec<(SocketAddr, bool)> {
+        self.endpoints()
+            .into_iter()
+            .filter_map(|endpoint| match endpoint {
+                Endpoint::Ws(addr) => Some((addr, false)),
+                Endpoint::Wss(addr) => Some((addr, true)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The TLS addresses actually bound (`tls:` listeners), in `--listen` order.
     pub fn local_tls_addrs(&self) -> Vec<SocketAddr> {
         self.endpoints()
@@ -186,18 +199,23 @@ impl Server {
 /// Loads what the listeners' protocols need: a certificate if any listener speaks TLS (the
 /// files of `--tls-cert`/`--tls-key`, or a self-signed one naming the `tls:` hosts).
 fn layers_for(listeners: &[Listener], specs: &[String], config: &Config) -> io::Result<Layers> {
-    if !listeners
-        .iter()
-        .any(|l| matches!(l.endpoint, Endpoint::Tls(_)))
-    {
-        return Ok(Layers::default());
+    let mut layers = Layers {
+        mode: config.mode,
+        ws_max_message: config.ws_max_message,
+        ..Layers::default()
+    };
+    let needs_tls = |l: &Listener| matches!(l.endpoint, Endpoint::Tls(_) | Endpoint::Wss(_));
+    if !listeners.iter().any(needs_tls) {
+        return Ok(layers);
     }
     let hosts: Vec<String> = specs
         .iter()
-        .filter_map(|spec| spec.strip_prefix("tls:"))
+        .filter_map(|spec| {
+            spec.strip_prefix("tls:")
+                .or_else(|| spec.strip_prefix("wss:"))
+        })
         .filter_map(|host_port| host_port.rsplit_once(':').map(|(host, _)| host.to_string()))
         .collect();
-    Ok(Layers {
-        tls: Some(TlsIdentity::new(config.tls_files.clone(), &hosts)?),
-    })
+    layers.tls = Some(TlsIdentity::new(config.tls_files.clone(), &hosts)?);
+    Ok(layers)
 }

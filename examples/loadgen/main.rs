@@ -192,6 +192,9 @@ fn target(spec: &str) -> Result<Target, String> {
             .map(Target::Tcp)
             .ok_or_else(|| format!("{spec} resolved to no address")),
         ListenSpec::Udp(_) => Err(format!("{spec} is a UDP address: add --udp")),
+        ListenSpec::Ws(_) | ListenSpec::Wss(_) => Err(format!(
+            "{spec}: the load generator speaks no WebSocket yet"
+        )),
         ListenSpec::Tls(host_port) => host_port
             .to_socket_addrs()
             .map_err(|err| format!("cannot resolve {spec}: {err}"))?

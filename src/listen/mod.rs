@@ -77,6 +77,10 @@ pub enum Endpoint {
     Tcp(SocketAddr),
     /// A TCP address whose connections speak TLS.
     Tls(SocketAddr),
+    /// A TCP address whose connections speak WebSocket.
+    Ws(SocketAddr),
+    /// A TCP address whose connections speak WebSocket over TLS.
+    Wss(SocketAddr),
     /// A Unix socket file.
     UnixPath(std::path::PathBuf),
     /// A Linux abstract-namespace Unix socket (no file; gone when the socket closes).
@@ -92,6 +96,8 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp(addr) => write!(f, "{addr}"),
             Endpoint::Tls(addr) => write!(f, "tls:{addr}"),
+            Endpoint::Ws(addr) => write!(f, "ws:{addr}"),
+            Endpoint::Wss(addr) => write!(f, "wss:{addr}"),
             Endpoint::UnixPath(path) => write!(f, "unix:{}", path.display()),
             Endpoint::UnixAbstract(name) => write!(f, "unix:@{name}"),
             Endpoint::UnixUnnamed => write!(f, "unix:(unnamed)"),
@@ -199,6 +205,10 @@ pub enum ListenSpec {
     Tcp(String),
     /// `tls:HOST:PORT`: TCP, resolved the same way, each connection a TLS session.
     Tls(String),
+    /// `ws:HOST:PORT`: TCP, each connection a WebSocket.
+    Ws(String),
+    /// `wss:HOST:PORT`: TCP, each connection a WebSocket over TLS.
+    Wss(String),
     /// `udp:HOST:PORT`, resolved the same way.
     Udp(String),
     /// `unix:PATH`: a socket file.
@@ -217,6 +227,14 @@ impl ListenSpec {
     /// `unix:@NAME`, `unix:PATH`, `udp:HOST:PORT`, or else `HOST:PORT`. Checks the form
     /// only (a name is resolved when it is bound): what is wrong is said in one line.
     pub fn parse(spec: &str) -> Result<ListenSpec, String> {
+        if let Some(host_port) = spec.strip_prefix("ws:") {
+            check_host_port(host_port, "ws:HOST:PORT, e.g. ws:localhost:50080")?;
+            return Ok(ListenSpec::Ws(host_port.to_string()));
+        }
+        if let Some(host_port) = spec.strip_prefix("wss:") {
+            check_host_port(host_port, "wss:HOST:PORT, e.g. wss:localhost:50443")?;
+            return Ok(ListenSpec::Wss(host_port.to_string()));
+        }
         if let Some(host_port) = spec.strip_prefix("tls:") {
             check_host_port(host_port, "tls:HOST:PORT, e.g. tls:localhost:50443")?;
             return Ok(ListenSpec::Tls(host_port.to_string()));
@@ -313,6 +331,12 @@ pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Bound, Listen
             ListenSpec::Tls(spec) => {
                 bind_tcp(&spec, options, &mut seen, Endpoint::Tls, &mut listeners)?;
             }
+            ListenSpec::Ws(spec) => {
+                bind_tcp(&spec, options, &mut seen, Endpoint::Ws, &mut listeners)?;
+            }
+            ListenSpec::Wss(spec) => {
+                bind_tcp(&spec, options, &mut seen, Endpoint::Wss, &mut listeners)?;
+            }
             ListenSpec::Udp(spec) => {
                 for (socket, addr) in udp::bind_spec(&spec, options, &mut seen_udp)? {
                     datagrams.push(Datagram {
@@ -360,6 +384,8 @@ impl Listener {
         // The listener's kind decides its connections' protocol, once.
         let protocol = match endpoint {
             Endpoint::Tls(_) => Protocol::Tls,
+            Endpoint::Ws(_) => Protocol::Ws,
+            Endpoint::Wss(_) => Protocol::Wss,
             _ => Protocol::Plain,
         };
         Listener {

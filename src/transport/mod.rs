@@ -21,6 +21,7 @@ mod certs;
 mod peer;
 mod plain;
 mod tls;
+mod ws;
 
 use std::io;
 
@@ -30,6 +31,7 @@ pub use certs::TlsIdentity;
 pub use peer::Peer;
 pub use plain::Stream;
 pub use tls::TlsStream;
+use ws::{Wire, WsStream};
 
 /// What a listener's connections speak above the raw stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,16 +41,44 @@ pub enum Protocol {
     Plain,
     /// TLS (`tls:HOST:PORT`): the bytes inside the session are echoed.
     Tls,
+    /// WebSocket (`ws:HOST:PORT`): each data message comes back as the same message.
+    Ws,
+    /// WebSocket over TLS (`wss:HOST:PORT`).
+    Wss,
 }
 
 /// What the protocols need to start a connection, shared by every listener.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Layers {
-    /// The certificate `tls:` listeners present (`None`: there are none).
+    /// The certificate `tls:` and `wss:` listeners present (`None`: there are none).
     pub tls: Option<TlsIdentity>,
+    /// What the echo does with messages (`--mode`): WebSocket answers empty messages itself.
+    pub mode: crate::config::Mode,
+    /// `--ws-max-message`: a larger WebSocket message is refused with close code 1009.
+    pub ws_max_message: usize,
+}
+
+impl Default for Layers {
+    fn default() -> Self {
+        Layers {
+            tls: None,
+            mode: crate::config::Mode::Echo,
+            ws_max_message: crate::config::DEFAULT_WS_MAX_MESSAGE,
+        }
+    }
 }
 
 impl Layers {
+    /// A TLS session for a freshly accepted stream.
+    fn tls_session(&self, stream: Stream) -> io::Result<TlsStream> {
+        let identity = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| io::Error::other("a TLS listener without a certificate"))?;
+        let session = rustls::ServerConnection::new(identity.config()).map_err(io::Error::other)?;
+        Ok(TlsStream::server(session, stream))
+    }
+
     /// SIGHUP: re-read whatever the protocols loaded from files.
     pub(crate) fn reload(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
@@ -122,6 +152,8 @@ pub(crate) trait Transport: Source {
 pub(crate) enum AnyTransport {
     Plain(Stream),
     Tls(Box<TlsStream>),
+    Ws(Box<WsStream<Stream>>),
+    Wss(Box<WsStream<TlsStream>>),
 }
 
 impl AnyTransport {
@@ -133,15 +165,17 @@ impl AnyTransport {
     ) -> io::Result<AnyTransport> {
         Ok(match protocol {
             Protocol::Plain => AnyTransport::Plain(stream),
-            Protocol::Tls => {
-                let identity = layers
-                    .tls
-                    .as_ref()
-                    .ok_or_else(|| io::Error::other("a tls: listener without a certificate"))?;
-                let session =
-                    rustls::ServerConnection::new(identity.config()).map_err(io::Error::other)?;
-                AnyTransport::Tls(Box::new(TlsStream::server(session, stream)))
-            }
+            Protocol::Tls => AnyTransport::Tls(Box::new(layers.tls_session(stream)?)),
+            Protocol::Ws => AnyTransport::Ws(Box::new(WsStream::new(
+                stream,
+                layers.mode,
+                layers.ws_max_message,
+            ))),
+            Protocol::Wss => AnyTransport::Wss(Box::new(WsStream::new(
+                layers.tls_session(stream)?,
+                layers.mode,
+                layers.ws_max_message,
+            ))),
         })
     }
 }
@@ -152,6 +186,8 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Plain(stream) => io::Read::read(stream, buf),
             AnyTransport::Tls(tls) => tls.read(buf),
+            AnyTransport::Ws(ws) => ws.read(buf),
+            AnyTransport::Wss(ws) => ws.read(buf),
         }
     }
 
@@ -160,6 +196,8 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Plain(stream) => io::Write::write(stream, buf),
             AnyTransport::Tls(tls) => tls.write(buf),
+            AnyTransport::Ws(ws) => ws.write(buf),
+            AnyTransport::Wss(ws) => ws.write(buf),
         }
     }
 
@@ -168,6 +206,8 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Plain(_) => Ok(()), // nothing is buffered in user space
             AnyTransport::Tls(tls) => tls.flush_layer(),
+            AnyTransport::Ws(ws) => ws.flush_layer(),
+            AnyTransport::Wss(ws) => ws.flush_layer(),
         }
     }
 
@@ -179,6 +219,14 @@ impl Transport for AnyTransport {
                 read: tls.wants_read(),
                 write: tls.wants_write(),
             },
+            AnyTransport::Ws(ws) => Wants {
+                read: ws.wants_read(),
+                write: ws.wants_write(),
+            },
+            AnyTransport::Wss(ws) => Wants {
+                read: ws.wants_read() || ws.wire().wants_read(),
+                write: ws.wants_write(),
+            },
         }
     }
 
@@ -186,6 +234,8 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Plain(stream) => stream.shutdown_writes(),
             AnyTransport::Tls(tls) => tls.shutdown_writes(),
+            AnyTransport::Ws(ws) => ws.shutdown_writes(),
+            AnyTransport::Wss(ws) => ws.shutdown_writes(),
         }
     }
 
@@ -196,6 +246,8 @@ impl Transport for AnyTransport {
             // Plaintext comes from rustls's buffer: only the layer knows whether the socket
             // behind it is drained too.
             AnyTransport::Tls(tls) => tls.drained(),
+            // A message's payload is handed over from tungstenite's buffer: read on.
+            AnyTransport::Ws(_) | AnyTransport::Wss(_) => false,
         }
     }
 
@@ -203,6 +255,8 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Plain(stream) => stream.take_error(),
             AnyTransport::Tls(tls) => tls.socket().take_error(),
+            AnyTransport::Ws(ws) => ws.wire().stream().take_error(),
+            AnyTransport::Wss(ws) => ws.wire().stream().take_error(),
         }
     }
 
@@ -211,6 +265,8 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Plain(_) => {} // the connection itself keeps this in mind
             AnyTransport::Tls(tls) => tls.note_peer_fin(),
+            AnyTransport::Ws(_) => {}
+            AnyTransport::Wss(ws) => ws.wire_mut().note_peer_fin(),
         }
     }
 
@@ -219,6 +275,8 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Plain(_) => false,
             AnyTransport::Tls(tls) => tls.is_handshaking(),
+            AnyTransport::Ws(ws) => ws.is_handshaking(),
+            AnyTransport::Wss(ws) => ws.is_handshaking(),
         }
     }
 
@@ -227,6 +285,8 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Plain(_) => false,
             AnyTransport::Tls(tls) => tls.handshake_done(),
+            AnyTransport::Ws(ws) => ws.handshake_done(),
+            AnyTransport::Wss(ws) => ws.handshake_done(),
         }
     }
 }
@@ -261,6 +321,8 @@ impl AnyTransport {
         match self {
             AnyTransport::Plain(stream) => stream,
             AnyTransport::Tls(tls) => tls.socket_mut(),
+            AnyTransport::Ws(ws) => ws.wire_mut().stream_mut(),
+            AnyTransport::Wss(ws) => ws.wire_mut().stream_mut(),
         }
     }
 }

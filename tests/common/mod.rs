@@ -19,6 +19,8 @@ pub struct TestServer {
     pub udp_addrs: Vec<SocketAddr>,
     /// The TLS listeners' addresses, if any were asked for (`tls:HOST:0`).
     pub tls_addrs: Vec<SocketAddr>,
+    /// The WebSocket listeners' addresses, and whether each is `wss:`.
+    pub ws_addrs: Vec<(SocketAddr, bool)>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<io::Result<Stats>>>,
 }
@@ -35,12 +37,14 @@ impl TestServer {
         let addrs = server.local_addrs();
         let udp_addrs = server.local_udp_addrs();
         let tls_addrs = server.local_tls_addrs();
+        let ws_addrs = server.local_ws_addrs();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
         TestServer {
             addrs,
             udp_addrs,
             tls_addrs,
+            ws_addrs,
             handle,
             thread: Some(thread),
         }

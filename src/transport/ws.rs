@@ -1,0 +1,535 @@
+//! WebSocket (RFC 6455) over a raw stream or over TLS: the `ws:` and `wss:` transports.
+//!
+//! Two stages on one connection:
+//!
+//! 1. **The HTTP upgrade**, parsed with `httparse` from at most `REQUEST_LIMIT` bytes: a
+//!    `GET` with `Upgrade: websocket`, `Connection: upgrade`, version 13 and a key is
+//!    answered `101 Switching Protocols`; anything else gets a 4xx response and a close.
+//! 2. **Frames**, through tungstenite's `WebSocketContext` driven over our own stream (not
+//!    its TLS or its blocking socket): it unmasks, reassembles fragments, checks UTF-8,
+//!    answers pings and closes.
+//!
+//! The echo above stays byte-oriented, as on every transport: `read` hands over the payload
+//! of data messages in order, and `write` sends bytes back as frames of the same kind and
+//! the same message boundaries, kept in `owed_messages` (a message may go back in several
+//! frames: a fragmented reply is the same message). So `--max-pending` bounds what is
+//! owed, and a client that never reads stops being read.
+//!
+//! The traps avoided (see tungstenite's issues): its read buffer is sized small
+//! (`READ_BUFFER`), not 128 KiB; its write buffer is bounded, and nothing is written into it
+//! while a flush is pending; a `Write` that cannot take bytes says `WouldBlock`, never
+//! `Ok(0)`; and `read` can say `WouldBlock` because a pong could not be flushed, which
+//! `wants().write` then reports.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+
+use super::plain::Stream;
+use super::tls::TlsStream;
+use crate::config::Mode;
+use crate::readiness::{interrupted, would_block};
+
+/// The largest upgrade request accepted (headers included).
+const REQUEST_LIMIT: usize = 8 * 1024;
+/// tungstenite's read buffer per connection: small, since an idle connection keeps it.
+const READ_BUFFER: usize = 2 * 1024;
+/// Bytes of frames tungstenite may hold unsent before `write` takes nothing more.
+const WRITE_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// What the WebSocket layer runs over: the raw stream, or a TLS session.
+pub(crate) trait Wire: Read + Write {
+    /// Sends what the wire's own layer holds (TLS records).
+    fn flush_wire(&mut self) -> io::Result<()>;
+    /// The wire's own layer holds bytes to send.
+    fn wire_wants_write(&self) -> bool;
+    /// Ends our side of the wire (FIN, or close_notify and FIN).
+    fn end(&mut self) -> io::Result<()>;
+    fn stream_mut(&mut self) -> &mut Stream;
+    fn stream(&self) -> &Stream;
+    fn is_handshaking(&self) -> bool;
+}
+
+impl Wire for Stream {
+    fn flush_wire(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn wire_wants_write(&self) -> bool {
+        false
+    }
+    fn end(&mut self) -> io::Result<()> {
+        self.shutdown_writes()
+    }
+    fn stream_mut(&mut self) -> &mut Stream {
+        self
+    }
+    fn stream(&self) -> &Stream {
+        self
+    }
+    fn is_handshaking(&self) -> bool {
+        false
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        TlsStream::read(self, buf)
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        TlsStream::write(self, buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_layer()
+    }
+}
+
+impl Wire for TlsStream {
+    fn flush_wire(&mut self) -> io::Result<()> {
+        self.flush_layer()
+    }
+    fn wire_wants_write(&self) -> bool {
+        self.wants_write()
+    }
+    fn end(&mut self) -> io::Result<()> {
+        self.shutdown_writes()
+    }
+    fn stream_mut(&mut self) -> &mut Stream {
+        self.socket_mut()
+    }
+    fn stream(&self) -> &Stream {
+        self.socket()
+    }
+    fn is_handshaking(&self) -> bool {
+        TlsStream::is_handshaking(self)
+    }
+}
+
+/// Where a WebSocket connection is.
+enum Stage {
+    /// Reading the HTTP upgrade request.
+    Upgrade { request: Vec<u8> },
+    /// Sending a refusal (4xx), then ending.
+    Refusing,
+    /// Exchanging frames.
+    Open(Box<WebSocketContext>),
+}
+
+/// A data message read whose echo is not yet all written: its kind and bytes still owed.
+#[derive(Clone, Copy, Debug)]
+struct OwedMessage {
+    text: bool,
+    left: usize,
+    /// No frame of it has been sent yet (the first carries the kind, the rest continue).
+    first: bool,
+}
+
+/// One WebSocket connection over `W`.
+pub(crate) struct WsStream<W: Wire> {
+    wire: W,
+    stage: Stage,
+    /// Handshake responses and refusals not yet written (small; only during the upgrade).
+    out: Vec<u8>,
+    /// The payload of the message being handed to the echo, and how much is handed over.
+    reading: Option<(tungstenite::Bytes, usize)>,
+    /// Messages handed to the echo, in order, whose replies are still owed.
+    owed_messages: VecDeque<OwedMessage>,
+    /// tungstenite holds frames it could not flush yet.
+    flush_pending: bool,
+    /// The connection has ended at the WebSocket level (close received or sent).
+    ended: bool,
+    /// What the echo does with messages: `Ack` and `Discard` need no bookkeeping.
+    mode: Mode,
+    /// `--ws-max-message`.
+    max_message: usize,
+    /// The upgrade has been seen to complete (reported once).
+    upgrade_reported: bool,
+}
+
+impl<W: Wire> std::fmt::Debug for WsStream<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsStream")
+            .field("open", &matches!(self.stage, Stage::Open(_)))
+            .finish()
+    }
+}
+
+impl<W: Wire> WsStream<W> {
+    pub(crate) fn new(wire: W, mode: Mode, max_message: usize) -> WsStream<W> {
+        WsStream {
+            wire,
+            stage: Stage::Upgrade {
+                request: Vec::new(),
+            },
+            out: Vec::new(),
+            reading: None,
+            owed_messages: VecDeque::new(),
+            flush_pending: false,
+            ended: false,
+            mode,
+            max_message,
+            upgrade_reported: false,
+        }
+    }
+
+    pub(crate) fn wire(&self) -> &W {
+        &self.wire
+    }
+
+    pub(crate) fn wire_mut(&mut self) -> &mut W {
+        &mut self.wire
+    }
+
+    /// Still in the TLS handshake or the HTTP upgrade.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.wire.is_handshaking() || !matches!(self.stage, Stage::Open(_))
+    }
+
+    /// True exactly once, when the upgrade has completed.
+    pub(crate) fn handshake_done(&mut self) -> bool {
+        if self.upgrade_reported || !matches!(self.stage, Stage::Open(_)) {
+            return false;
+        }
+        self.upgrade_reported = true;
+        true
+    }
+
+    pub(crate) fn wants_read(&self) -> bool {
+        !matches!(self.stage, Stage::Open(_)) && !matches!(self.stage, Stage::Refusing)
+    }
+
+    pub(crate) fn wants_write(&self) -> bool {
+        !self.out.is_empty() || self.flush_pending || self.wire.wire_wants_write()
+    }
+
+    /// Writes the upgrade's own bytes, then whatever tungstenite and the wire hold.
+    pub(crate) fn flush_layer(&mut self) -> io::Result<()> {
+        while !self.out.is_empty() {
+            match self.wire.write(&self.out) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(err) if would_block(&err) => return Ok(()),
+                Err(err) if interrupted(&err) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if let Stage::Open(ctx) = &mut self.stage
+            && self.flush_pending
+        {
+            match ctx.flush(&mut self.wire) {
+                Ok(()) => self.flush_pending = false,
+                Err(tungstenite::Error::Io(err)) if would_block(&err) => {}
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    self.flush_pending = false;
+                }
+                Err(err) => return Err(into_io(err)),
+            }
+        }
+        self.wire.flush_wire()
+    }
+
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match &mut self.stage {
+                Stage::Upgrade { .. } => {
+                    if !self.read_upgrade()? {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                }
+                // Nothing more is read from a client being refused: its end is ours.
+                Stage::Refusing => return Ok(0),
+                Stage::Open(_) => return self.read_message(buf),
+            }
+        }
+    }
+
+    /// Reads the upgrade request; true once it has been answered (either way).
+    fn read_upgrade(&mut self) -> io::Result<bool> {
+        let Stage::Upgrade { request } = &mut self.stage else {
+            return Ok(true);
+        };
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = match self.wire.read(&mut chunk) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => n,
+                Err(err) if would_block(&err) => return Ok(false),
+                Err(err) if interrupted(&err) => continue,
+                Err(err) => return Err(err),
+            };
+            request.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Request::new(&mut headers);
+            let verdict = match parsed.parse(request) {
+                Ok(httparse::Status::Partial) if request.len() <= REQUEST_LIMIT => continue,
+                Ok(httparse::Status::Partial) => Err((431, "Request Header Fields Too Large")),
+                Err(httparse::Error::TooManyHeaders) => {
+                    Err((431, "Request Header Fields Too Large"))
+                }
+                Err(_) => Err((400, "Bad Request")),
+                Ok(httparse::Status::Complete(used)) => upgrade_key(&parsed).map(|key| (key, used)),
+            };
+            match verdict {
+                Ok((key, used)) => {
+                    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                    self.out.extend_from_slice(
+                        format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    );
+                    let rest = request[used..].to_vec();
+                    let config = WebSocketConfig::default()
+                        .read_buffer_size(READ_BUFFER)
+                        .write_buffer_size(0)
+                        .max_write_buffer_size(WRITE_BUFFER_LIMIT + self.max_message.min(1 << 20))
+                        .max_message_size(Some(self.max_message))
+                        .max_frame_size(Some(self.max_message));
+                    let ctx =
+                        WebSocketContext::from_partially_read(rest, Role::Server, Some(config));
+                    self.stage = Stage::Open(Box::new(ctx));
+                }
+                Err((status, reason)) => {
+                    let body = "a WebSocket echo: connect with a WebSocket client\n";
+                    self.out.extend_from_slice(
+                        format!(
+                            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n{}\r\n{body}",
+                            body.len(),
+                            if status == 426 {
+                                "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                            } else {
+                                ""
+                            }
+                        )
+                        .as_bytes(),
+                    );
+                    self.stage = Stage::Refusing;
+                }
+            }
+            self.flush_layer()?;
+            return Ok(true);
+        }
+    }
+
+    /// Hands over payload of the next data message (or the rest of the current one).
+    fn read_message(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some((payload, at)) = &mut self.reading {
+                let n = (payload.len() - *at).min(buf.len());
+                buf[..n].copy_from_slice(&payload[*at..*at + n]);
+                *at += n;
+                if *at == payload.len() {
+                    self.reading = None;
+                }
+                return Ok(n);
+            }
+            if self.ended {
+                return Ok(0);
+            }
+            let Stage::Open(ctx) = &mut self.stage else {
+                return Ok(0);
+            };
+            let message = match ctx.read(&mut self.wire) {
+                Ok(message) => message,
+                Err(tungstenite::Error::Io(err)) if would_block(&err) => {
+                    // Perhaps a pong or a close reply could not be written: say so.
+                    self.flush_pending = true;
+                    return Err(err);
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    self.ended = true;
+                    return Ok(0);
+                }
+                Err(tungstenite::Error::Io(err))
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    // The client went without the closing handshake: an end all the same.
+                    self.ended = true;
+                    return Ok(0);
+                }
+                Err(tungstenite::Error::Io(err)) => return Err(err),
+                Err(err) => {
+                    self.fail(err);
+                    return Ok(0);
+                }
+            };
+            let (text, payload) = match message {
+                Message::Text(text) => (true, tungstenite::Bytes::from(text)),
+                Message::Binary(bytes) => (false, bytes),
+                Message::Close(_) => {
+                    // tungstenite has queued the reply (the same code): send it, then end.
+                    self.flush_pending = true;
+                    self.ended = true;
+                    self.flush_layer()?;
+                    return Ok(0);
+                }
+                // Pings are answered by tungstenite itself; pongs and raw frames need nothing.
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                    self.flush_pending = true;
+                    self.flush_layer()?;
+                    continue;
+                }
+            };
+            if payload.is_empty() {
+                // An empty message has no bytes for the echo to carry: answer it here.
+                if self.mode == Mode::Echo {
+                    let kind = if text { Data::Text } else { Data::Binary };
+                    self.send_frame(Frame::message(Vec::new(), OpCode::Data(kind), true))?;
+                }
+                continue;
+            }
+            if self.mode == Mode::Echo {
+                self.owed_messages.push_back(OwedMessage {
+                    text,
+                    left: payload.len(),
+                    first: true,
+                });
+            }
+            self.reading = Some((payload, 0));
+        }
+    }
+
+    /// A protocol error of the client's: close with the code RFC 6455 gives it.
+    fn fail(&mut self, err: tungstenite::Error) {
+        let code = match &err {
+            tungstenite::Error::Utf8(_) => CloseCode::Invalid, // 1007
+            tungstenite::Error::Capacity(_) => CloseCode::Size, // 1009
+            _ => CloseCode::Protocol,                          // 1002
+        };
+        log::debug!("websocket: {err}: closing with {}", u16::from(code));
+        if let Stage::Open(ctx) = &mut self.stage {
+            let frame = CloseFrame {
+                code,
+                reason: "".into(),
+            };
+            let _ = ctx.close(&mut self.wire, Some(frame));
+        }
+        self.flush_pending = true;
+        self.ended = true;
+        let _ = self.flush_layer();
+    }
+
+    /// Writes one frame through tungstenite and flushes what it can.
+    fn send_frame(&mut self, frame: Frame) -> io::Result<()> {
+        let Stage::Open(ctx) = &mut self.stage else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        match ctx.write(&mut self.wire, Message::Frame(frame)) {
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(err)) if would_block(&err) => {}
+            Err(err) => return Err(into_io(err)),
+        }
+        self.flush_pending = true;
+        self.flush_layer()
+    }
+
+    /// Bytes of the echo, sent back as frames of the messages they came from.
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.ended || !matches!(self.stage, Stage::Open(_)) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if self.flush_pending {
+            self.flush_layer()?;
+            if self.flush_pending {
+                // Nothing more goes into tungstenite's buffer while it cannot empty it.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+        let (frame, taken) = match self.owed_messages.front_mut() {
+            Some(owed) => {
+                let taken = buf.len().min(owed.left).min(WRITE_BUFFER_LIMIT);
+                let opcode = match (owed.first, owed.text) {
+                    (false, _) => OpCode::Data(Data::Continue),
+                    (true, true) => OpCode::Data(Data::Text),
+                    (true, false) => OpCode::Data(Data::Binary),
+                };
+                owed.left -= taken;
+                owed.first = false;
+                let last = owed.left == 0;
+                if last {
+                    self.owed_messages.pop_front();
+                }
+                (Frame::message(buf[..taken].to_vec(), opcode, last), taken)
+            }
+            // --mode ack: each reply is a text message of its own.
+            None => {
+                let taken = buf.len().min(WRITE_BUFFER_LIMIT);
+                let frame = Frame::message(buf[..taken].to_vec(), OpCode::Data(Data::Text), true);
+                (frame, taken)
+            }
+        };
+        self.send_frame(frame)?;
+        Ok(taken)
+    }
+
+    /// Our end: a close frame (1000) if none was exchanged yet, then the wire's end.
+    pub(crate) fn shutdown_writes(&mut self) -> io::Result<()> {
+        if !self.ended
+            && let Stage::Open(ctx) = &mut self.stage
+        {
+            let _ = ctx.close(&mut self.wire, None);
+            self.flush_pending = true;
+            self.ended = true;
+        }
+        self.flush_layer()?;
+        self.wire.end()
+    }
+}
+
+fn into_io(err: tungstenite::Error) -> io::Error {
+    match err {
+        tungstenite::Error::Io(err) => err,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request, or the response it deserves.
+fn upgrade_key(request: &httparse::Request) -> Result<String, (u16, &'static str)> {
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|value| {
+            value
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    if request.method != Some("GET") {
+        return Err((405, "Method Not Allowed"));
+    }
+    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+        return Err((426, "Upgrade Required"));
+    }
+    if header("Sec-WebSocket-Version").map(str::trim) != Some("13") {
+        return Err((426, "Upgrade Required"));
+    }
+    let key = header("Sec-WebSocket-Key").map(str::trim).unwrap_or("");
+    // A key is 16 random bytes in base64: 24 characters, the last two "==".
+    let valid = key.len() == 24
+        && key.ends_with("==")
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+    if !valid {
+        return Err((400, "Bad Request"));
+    }
+    Ok(key.to_string())
+}

@@ -1,0 +1,328 @@
+//! `ws:` and `wss:` listeners: WebSocket echo (RFC 6455), message by message, over a real
+//! socket, with tungstenite's blocking client on the other end, and raw bytes where a
+//! client must misbehave.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+use common::{TestServer, connect};
+use echod::Config;
+
+/// A server with a plain TCP listener and a `ws:` one.
+fn ws_server(tune: impl FnOnce(&mut Config)) -> (TestServer, SocketAddr) {
+    let mut config = Config::listening_on(["127.0.0.1:0", "ws:127.0.0.1:0"]);
+    tune(&mut config);
+    let server = TestServer::with(config);
+    let addr = server.ws_addrs[0].0;
+    (server, addr)
+}
+
+fn ws_connect(addr: SocketAddr) -> WebSocket<TcpStream> {
+    let url = format!("ws://{addr}/any/path?query");
+    let (socket, response) = tungstenite::client(url, connect(addr)).expect("upgrade");
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+fn next_data(socket: &mut WebSocket<TcpStream>) -> Message {
+    loop {
+        match socket.read().expect("a message") {
+            Message::Ping(_) | Message::Pong(_) => {}
+            message => return message,
+        }
+    }
+}
+
+#[test]
+fn text_comes_back_as_text_and_binary_as_binary() {
+    let (server, addr) = ws_server(|_| {});
+    let mut socket = ws_connect(addr);
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let big = common::pattern(9, 1 << 20);
+    for message in [
+        Message::text("Hello, world"),
+        Message::text("汉语/漢語 Hànyǔ"),
+        Message::binary(every_byte.clone()),
+        Message::text(""),
+        Message::binary(Vec::new()),
+        Message::binary(big.clone()),
+    ] {
+        socket.send(message.clone()).unwrap();
+        assert_eq!(next_data(&mut socket), message);
+    }
+    // A ping gets its pong, with the same payload.
+    socket
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .unwrap();
+    match socket.read().unwrap() {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    // The close handshake completes, with our code echoed.
+    socket
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .unwrap();
+    loop {
+        match socket.read() {
+            Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Normal),
+            Ok(Message::Close(None)) => panic!("the close code was not echoed"),
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(err) => panic!("{err}"),
+        }
+    }
+    let stats = server.wait_for("the close", |s| s.closed_total() == 1);
+    assert_eq!(stats.closed_eof, 1, "{stats:?}");
+    assert_eq!(
+        stats.tls_handshakes, 1,
+        "the upgrade is counted as a handshake"
+    );
+}
+
+#[test]
+fn a_fragmented_message_comes_back_whole() {
+    let (_server, addr) = ws_server(|_| {});
+    let mut raw = connect(addr);
+    upgrade_by_hand(&mut raw);
+    // "Hello, " then "world", as two masked frames: text (FIN=0), continuation (FIN=1).
+    raw.write_all(&masked_frame(0x01, false, b"Hello, "))
+        .unwrap();
+    raw.write_all(&masked_frame(0x00, true, b"world")).unwrap();
+    let reply = read_frames_payload(&mut raw, 12);
+    assert_eq!(reply, b"Hello, world");
+}
+
+#[test]
+fn invalid_utf8_closes_with_1007_and_too_big_with_1009() {
+    let (server, addr) = ws_server(|config| config.ws_max_message = 1000);
+    let mut raw = connect(addr);
+    upgrade_by_hand(&mut raw);
+    raw.write_all(&masked_frame(0x01, true, &[0xff, 0xfe, 0xfd]))
+        .unwrap();
+    assert_eq!(close_code(&mut raw), 1007);
+
+    let mut raw = connect(addr);
+    upgrade_by_hand(&mut raw);
+    raw.write_all(&masked_frame(0x02, true, &vec![7; 2000]))
+        .unwrap();
+    assert_eq!(close_code(&mut raw), 1009);
+    // Others are served meanwhile.
+    let mut socket = ws_connect(addr);
+    socket.send(Message::text("still here")).unwrap();
+    assert_eq!(next_data(&mut socket), Message::text("still here"));
+    common::round_trip(&mut server.connect(), b"and plain TCP");
+}
+
+#[test]
+fn a_request_that_is_no_upgrade_gets_a_4xx_and_a_close() {
+    let (server, addr) = ws_server(|_| {});
+    for (request, status) in [
+        ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", "426"),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n",
+            "400",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            "426",
+        ),
+        ("POST / HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
+        ("\x16\x03\x01 not http at all\r\n\r\n", "400"),
+    ] {
+        let mut raw = connect(addr);
+        raw.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        raw.read_to_string(&mut response).unwrap(); // ends: the server closes
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request:?}: {response}"
+        );
+    }
+    let stats = server.wait_for("all closed", |s| s.closed_total() == 5);
+    assert_eq!(stats.tls_handshakes_failed, 5, "{stats:?}");
+}
+
+#[test]
+fn wss_is_websocket_over_tls() {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), made.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), made.signing_key.serialize_pem()).unwrap();
+    let mut config = Config::listening_on(["wss:127.0.0.1:0"]);
+    config.tls_files = Some((dir.path().join("cert.pem"), dir.path().join("key.pem")));
+    let server = TestServer::with(config);
+    let (addr, tls) = server.ws_addrs[0];
+    assert!(tls);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let session = rustls::ClientConnection::new(
+        Arc::new(client),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let stream = rustls::StreamOwned::new(session, connect(addr));
+    let (mut socket, _) = tungstenite::client(format!("wss://localhost:{}/", addr.port()), stream)
+        .expect("upgrade over TLS");
+    for message in [
+        Message::text("secure hello"),
+        Message::binary(vec![1, 2, 3]),
+    ] {
+        socket.send(message.clone()).unwrap();
+        loop {
+            match socket.read().unwrap() {
+                Message::Ping(_) | Message::Pong(_) => {}
+                got => {
+                    assert_eq!(got, message);
+                    break;
+                }
+            }
+        }
+    }
+    socket.close(None).unwrap();
+    while socket.read().is_ok() {}
+    let stats = server.wait_for("the close", |s| s.closed_total() == 1);
+    assert_eq!(stats.closed_eof, 1, "{stats:?}");
+}
+
+/// Sends a valid upgrade request by hand and reads the 101 response.
+fn upgrade_by_hand(raw: &mut TcpStream) {
+    raw.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    let mut byte = [0];
+    while !response.ends_with(b"\r\n\r\n") {
+        raw.read_exact(&mut byte).unwrap();
+        response.push(byte[0]);
+    }
+    let response = String::from_utf8(response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 101 "), "{response}");
+    // RFC 6455's own example key and answer.
+    assert!(
+        response.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{response}"
+    );
+}
+
+/// A client frame (masked, as RFC 6455 requires of clients).
+fn masked_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n < 65536 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads server frames (unmasked, short) until `len` payload bytes have arrived.
+fn read_frames_payload(raw: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        let mut head = [0; 2];
+        raw.read_exact(&mut head).unwrap();
+        let n = (head[1] & 0x7f) as usize;
+        assert!(n < 126, "a short frame");
+        let mut body = vec![0; n];
+        raw.read_exact(&mut body).unwrap();
+        payload.extend_from_slice(&body);
+    }
+    payload
+}
+
+/// Reads frames until a close frame, and returns its code.
+fn close_code(raw: &mut TcpStream) -> u16 {
+    loop {
+        let mut head = [0; 2];
+        raw.read_exact(&mut head).unwrap();
+        let n = (head[1] & 0x7f) as usize;
+        let mut body = vec![0; n];
+        raw.read_exact(&mut body).unwrap();
+        if head[0] & 0x0f == 0x08 {
+            return u16::from_be_bytes([body[0], body[1]]);
+        }
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_is_held_at_the_cap_and_loses_nothing() {
+    const FRAME: usize = 64 << 10;
+    const FRAMES: usize = 256; // 16 MiB
+    let cap = echod::config::DEFAULT_MAX_PENDING as u64;
+    let (server, addr) = ws_server(|_| {});
+    let mut raw = connect(addr);
+    upgrade_by_hand(&mut raw);
+    let mut writer = raw.try_clone().unwrap();
+    let data = common::pattern(21, FRAME * FRAMES);
+    let expected = data.clone();
+    let writing = std::thread::spawn(move || {
+        for chunk in data.chunks(FRAME) {
+            writer.write_all(&masked_frame(0x02, true, chunk)).unwrap();
+        }
+    });
+    server.wait_for("backpressure to engage", |s| {
+        s.peak_pending_connection == cap
+    });
+    // A bystander is served meanwhile.
+    let mut bystander = ws_connect(addr);
+    bystander.send(Message::text("not starved")).unwrap();
+    assert_eq!(next_data(&mut bystander), Message::text("not starved"));
+    drop(bystander);
+    // Now read every frame back: binary, and the same bytes in order.
+    let mut received = Vec::with_capacity(expected.len());
+    while received.len() < expected.len() {
+        let mut head = [0; 2];
+        raw.read_exact(&mut head).unwrap();
+        let opcode = head[0] & 0x0f;
+        assert!(opcode == 0x02 || opcode == 0x00, "opcode {opcode}");
+        let n = match head[1] & 0x7f {
+            126 => {
+                let mut len = [0; 2];
+                raw.read_exact(&mut len).unwrap();
+                u16::from_be_bytes(len) as usize
+            }
+            127 => {
+                let mut len = [0; 8];
+                raw.read_exact(&mut len).unwrap();
+                u64::from_be_bytes(len) as usize
+            }
+            n => n as usize,
+        };
+        let start = received.len();
+        received.resize(start + n, 0);
+        raw.read_exact(&mut received[start..]).unwrap();
+    }
+    writing.join().unwrap();
+    assert!(received == expected, "the 16 MiB echo differs");
+    drop(raw);
+    let stats = server.stop();
+    assert_eq!(stats.peak_pending_connection, cap, "pending passed the cap");
+}
