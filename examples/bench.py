@@ -77,13 +77,30 @@ SCENARIOS = {
     "tchurn": (["--tls", "--churn", "--conns", "100", "--size", "64"],
                "TLS churn: 100 at once, each connect + handshake + 64 B echo + close"),
     "tidle": (["--tls", "--conns", "5000", "--idle"], "TLS 5,000 idle connections held"),
+    # WebSocket (echod --listen ws:… / wss:…), binary messages: the generator's --ws.
+    "w100x64": (["--ws", "--conns", "100", "--size", "64"], "WS 100 conns × 64 B ping-pong"),
+    "w16k": (["--ws", "--conns", "50", "--size", "16384"], "WS 50 conns × 16 KiB"),
+    "wchurn": (["--ws", "--churn", "--conns", "100", "--size", "64"],
+               "WS churn: 100 at once, each connect + upgrade + 64 B echo + close"),
+    "widle": (["--ws", "--conns", "5000", "--idle"], "WS 5,000 idle connections held"),
+    "wss100x64": (["--ws", "--tls", "--conns", "100", "--size", "64"],
+                  "WSS 100 conns × 64 B ping-pong"),
 }
 TLS_SCENARIOS = ["t100x64", "t16k", "tchurn", "tidle"]
-IDLE_SCENARIOS = ["idle", "tidle"]
 TLS_SERVERS = ["echod", "tokio-tls"]
+WS_SCENARIOS = ["w100x64", "w16k", "wchurn", "widle"]
+WS_SERVERS = ["echod", "tokio-ws-small", "tokio-ws"]
+WSS_SCENARIOS = ["wss100x64"]
+WSS_SERVERS = ["echod", "tokio-wss"]
+# Scenarios served by echod under a --listen prefix, and the option naming their servers.
+LAYERED = {**{s: ("tls:", "tls_servers") for s in TLS_SCENARIOS},
+           **{s: ("ws:", "ws_servers") for s in WS_SCENARIOS},
+           **{s: ("wss:", "wss_servers") for s in WSS_SCENARIOS}}
+IDLE_SCENARIOS = ["idle", "tidle", "widle"]
 UDP_SCENARIOS = ["u1", "u2", "u3", "u4"]
 # Closed loops of echoes (not holding idle, not churning): where --busy-poll and --together apply.
-CLOSED_LOOP = ["100x64", "10kx64", "16k", "pipe8", "t100x64", "t16k"] + UDP_SCENARIOS
+CLOSED_LOOP = ["100x64", "10kx64", "16k", "pipe8", "t100x64", "t16k", "w100x64", "w16k",
+               "wss100x64"] + UDP_SCENARIOS
 UDP_SERVERS = ["echod", "c-udp", "c-udp-mmsg", "c-udp-gso", "tokio-udp"]
 # Servers built from this checkout: they need nothing from ../shared/bench.
 OWN_SERVERS = ["echod", "echod-b", "echod-poll"]
@@ -135,10 +152,10 @@ def build(anchors, servers):
 class Server:
     """One server process, pinned to core 0, listening on 127.0.0.1:port."""
 
-    def __init__(self, name, port, anchors, wrapper=(), extra=(), udp=False, tls=False):
+    def __init__(self, name, port, anchors, wrapper=(), extra=(), udp=False, prefix=""):
         if name in ("echod", "echod-poll", "echod-b"):
             binary = {"echod": ECHOD, "echod-poll": ECHOD_POLL, "echod-b": ECHOD_B}[name]
-            kind = "udp:" if udp else "tls:" if tls else ""
+            kind = "udp:" if udp else prefix
             listen = f"{kind}127.0.0.1:{port}"
             command = [binary, "-qq", "--listen", listen] + list(extra)
         else:
@@ -228,7 +245,7 @@ def slab_kib():
     return None
 
 
-def run_together(names, port, anchors, args, duration, warmup, udp, tls=False):
+def run_together(names, port, anchors, args, duration, warmup, udp, prefix=""):
     """Runs the servers at the same moment, all pinned to core 0, each with its own load
     generator (all on core 1); returns their results in the order named.
 
@@ -240,7 +257,7 @@ def run_together(names, port, anchors, args, duration, warmup, udp, tls=False):
     servers = []
     try:
         for offset, name in enumerate(names):
-            servers.append(Server(name, port + offset, anchors, udp=udp, tls=tls))
+            servers.append(Server(name, port + offset, anchors, udp=udp, prefix=prefix))
         generators = [subprocess.Popen(loadgen_command(s.port, [s.pid], args, duration, warmup),
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                       for s in servers]
@@ -261,15 +278,15 @@ def together(opts, scenarios, port):
     skipped = 0
     for scenario in scenarios:
         args, _ = SCENARIOS[scenario]
-        udp, tls = scenario in UDP_SCENARIOS, scenario in TLS_SCENARIOS
-        servers = opts.udp_servers if udp else opts.tls_servers if tls else opts.servers
+        udp = scenario in UDP_SCENARIOS
+        prefix, servers = servers_for(opts, scenario)
         references = [n for n in servers if n != "echod"]
         for round_number in range(1, opts.rounds + 1):
             for reference in in_turn(references, round_number):
                 pair = ["echod", reference] if round_number % 2 else [reference, "echod"]
                 port += len(pair)
                 results = dict(zip(pair, run_together(pair, port, opts.anchors, args,
-                                                       opts.duration, opts.warmup, udp, tls)))
+                                                       opts.duration, opts.warmup, udp, prefix)))
                 ours, theirs = (results[n]["server_cpu_us_per_msg"] for n in ("echod", reference))
                 for name, result in results.items():
                     if result["errors"]:
@@ -430,6 +447,12 @@ def main():
     parser.add_argument("--tls-servers", nargs="+", default=None,
                         help="servers for the TLS scenarios (default: echod and tokio-tls, or "
                              "with --servers, those of its servers that speak TLS)")
+    parser.add_argument("--ws-servers", nargs="+", default=None,
+                        help="servers for the WebSocket scenarios (default: echod, "
+                             "tokio-ws-small, tokio-ws)")
+    parser.add_argument("--wss-servers", nargs="+", default=None,
+                        help="servers for the WebSocket-over-TLS scenarios (default: echod, "
+                             "tokio-wss)")
     parser.add_argument("--busy-poll", action="store_true",
                         help="the load generator never sleeps (loadgen --busy-poll), so the "
                              "servers' replies never wake it: less of the machine's wake-up "
@@ -441,16 +464,19 @@ def main():
                         help="another echod binary, run as server echod-b beside echod in "
                              "every round (A/B of a change: the tables gain ÷ echod-b)")
     opts = parser.parse_args()
-    if opts.tls_servers is None:
-        opts.tls_servers = (list(TLS_SERVERS) if opts.servers == DEFAULT_SERVERS
-                            else [n for n in opts.servers if n in TLS_SERVERS + OWN_SERVERS])
+    for attr, defaults in (("tls_servers", TLS_SERVERS), ("ws_servers", WS_SERVERS),
+                           ("wss_servers", WSS_SERVERS)):
+        if getattr(opts, attr, None) is None:
+            setattr(opts, attr, list(defaults) if opts.servers == DEFAULT_SERVERS
+                    else [n for n in opts.servers if n in defaults + OWN_SERVERS])
     if opts.udp_servers is None:
         opts.udp_servers = (list(UDP_SERVERS) if opts.servers == DEFAULT_SERVERS
                             else [n for n in opts.servers if n in UDP_SERVERS + OWN_SERVERS])
     if opts.echod_b:
         global ECHOD_B
         ECHOD_B = os.path.abspath(opts.echod_b)
-        for servers in (opts.servers, opts.udp_servers, opts.tls_servers):
+        for servers in (opts.servers, opts.udp_servers, opts.tls_servers, opts.ws_servers,
+                        opts.wss_servers):
             if "echod-b" not in servers:
                 servers.append("echod-b")
     if opts.sweep:
@@ -460,13 +486,14 @@ def main():
             build(opts.anchors, opts.servers)
         return sweep(opts)
 
-    tcp_scenarios = [s for s in opts.scenarios if s not in UDP_SCENARIOS + TLS_SCENARIOS]
+    tcp_scenarios = [s for s in opts.scenarios if s not in UDP_SCENARIOS and s not in LAYERED]
     udp_scenarios = [s for s in opts.scenarios if s in UDP_SCENARIOS]
-    tls_scenarios = [s for s in opts.scenarios if s in TLS_SCENARIOS]
+    layered = {attr: [s for s in opts.scenarios if LAYERED.get(s, (None, None))[1] == attr]
+               for attr in ("tls_servers", "ws_servers", "wss_servers")}
     if not opts.no_build:
         build(opts.anchors, (opts.servers if tcp_scenarios else [])
               + (opts.udp_servers if udp_scenarios else [])
-              + (opts.tls_servers if tls_scenarios else []))
+              + [n for attr, group in layered.items() if group for n in getattr(opts, attr)])
     port = 21000  # below the ephemeral range (32768+), which TIME_WAIT client ports fill
     if opts.together:
         if opts.busy_poll:
@@ -487,12 +514,12 @@ def main():
                 idle2x.append(result)
                 log(f"idle2x  round {round_number} {result}")
             continue
-        udp, tls = scenario in UDP_SCENARIOS, scenario in TLS_SCENARIOS
-        servers = opts.udp_servers if udp else opts.tls_servers if tls else opts.servers
+        udp = scenario in UDP_SCENARIOS
+        prefix, servers = servers_for(opts, scenario)
         for round_number in range(1, opts.rounds + 1):
             for name in in_turn(servers, round_number):
                 port += 1
-                server = Server(name, port, opts.anchors, udp=udp, tls=tls)
+                server = Server(name, port, opts.anchors, udp=udp, prefix=prefix)
                 try:
                     duration = opts.duration
                     extra = ["--busy-poll"] if opts.busy_poll and scenario in CLOSED_LOOP else []
@@ -541,10 +568,13 @@ def main():
         print_idle2x(idle2x)
     if udp_scenarios:
         print_udp_table(opts, udp_scenarios, results, udp_syscalls)
-    if tls_scenarios:
-        print("\nTLS (echod --listen tls:…; the load generator's --tls):\n")
-        opts.servers, opts.scenarios = opts.tls_servers, tls_scenarios
-        print_table(opts, results, {}, {})
+    for attr, title in (("tls_servers", "TLS (echod --listen tls:…; the load generator's --tls)"),
+                        ("ws_servers", "WebSocket (echod --listen ws:…; the load generator's --ws)"),
+                        ("wss_servers", "WebSocket over TLS (echod --listen wss:…)")):
+        if layered[attr]:
+            print(f"\n{title}:\n")
+            opts.servers, opts.scenarios = getattr(opts, attr), layered[attr]
+            print_table(opts, results, {}, {})
 
 
 def print_udp_table(opts, scenarios, results, syscalls):
@@ -580,7 +610,15 @@ def print_udp_table(opts, scenarios, results, syscalls):
 
 
 def figures(scenario):
-    return PER_CONNECTION if scenario in ("churn", "tchurn") else PER_MESSAGE
+    return PER_CONNECTION if scenario in ("churn", "tchurn", "wchurn") else PER_MESSAGE
+
+
+def servers_for(opts, scenario):
+    """The --listen prefix echod serves `scenario` under, and the servers that run it."""
+    if scenario in UDP_SCENARIOS:
+        return "", opts.udp_servers
+    prefix, attr = LAYERED.get(scenario, ("", None))
+    return prefix, getattr(opts, attr) if attr else opts.servers
 
 
 def print_idle2x(runs):

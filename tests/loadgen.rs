@@ -287,3 +287,36 @@ fn over_tls_every_byte_is_checked_and_churn_shakes_hands_each_time() {
     // Only the churn slots cut off mid-handshake when the window closed may have failed.
     assert!(stats.tls_handshakes_failed <= 4, "{stats:?}");
 }
+
+#[test]
+fn over_websocket_and_wss_every_byte_is_checked() {
+    let config = echod::Config::listening_on(["ws:127.0.0.1:0", "wss:127.0.0.1:0"]);
+    let server = TestServer::with(config);
+    for (addr, tls) in server.ws_addrs.clone() {
+        let spec = format!("{}:{addr}", if tls { "wss" } else { "ws" });
+        let (out, json) = loadgen(
+            &spec,
+            &[
+                "--conns",
+                "10",
+                "--size",
+                "3000",
+                "--pipeline",
+                "2",
+                "--duration",
+                "0.5",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{spec}: {json}");
+        assert_eq!(json_field(&json, "errors"), 0, "{spec}");
+        assert!(json_field(&json, "msgs") > 0, "{spec}: {json}");
+        let (out, json) = loadgen(&spec, &["--idle", "--conns", "20", "--duration", "0.3"]);
+        assert_eq!(out.status.code(), Some(0), "{spec}: {json}");
+        assert_eq!(json_field(&json, "answered"), 20, "{spec}: {json}");
+    }
+    let stats = server.stats();
+    assert!(
+        stats.tls_handshakes >= 60,
+        "every upgrade counted: {stats:?}"
+    );
+}

@@ -1,5 +1,5 @@
-//! What a load-generator connection speaks: the raw stream, or TLS over it (`--tls`), the
-//! latter through echod's own `TlsStream` pump, the same one the server runs, client side.
+//! What a load-generator connection speaks: the raw stream, TLS over it (`--tls`, through
+//! echod's own `TlsStream` pump, client side), WebSocket (`--ws`), or both.
 
 use std::io;
 use std::sync::Arc;
@@ -7,25 +7,40 @@ use std::sync::Arc;
 use echod::transport::{Stream as Socket, TlsStream};
 use rustls::{ClientConfig, ClientConnection};
 
+use crate::ws::WsClient;
+
 /// A connection's byte stream, plain or inside TLS.
 pub enum Link {
     Plain(Socket),
     Tls(Box<TlsStream>),
+    Ws(Box<WsClient<Socket>>),
+    Wss(Box<WsClient<TlsStream>>),
+}
+
+/// What a connection speaks above TCP: the generator's --tls and --ws.
+#[derive(Clone, Debug)]
+pub struct Layers {
+    /// Whom to trust and which name to ask for, with TLS.
+    pub tls: Option<(Arc<ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    /// The `Host` of the WebSocket upgrade, with WebSocket.
+    pub ws: Option<String>,
 }
 
 impl Link {
-    /// `socket`, inside a TLS session for `server_name` when `tls` is given.
-    pub fn new(
-        socket: Socket,
-        tls: Option<&(Arc<ClientConfig>, rustls::pki_types::ServerName<'static>)>,
-    ) -> io::Result<Link> {
-        Ok(match tls {
-            None => Link::Plain(socket),
-            Some((config, name)) => {
-                let session = ClientConnection::new(Arc::clone(config), name.clone())
-                    .map_err(io::Error::other)?;
-                Link::Tls(Box::new(TlsStream::client(session, socket)))
-            }
+    /// `socket`, inside the layers asked for.
+    pub fn new(socket: Socket, layers: &Layers) -> io::Result<Link> {
+        let Some((config, name)) = &layers.tls else {
+            return Ok(match &layers.ws {
+                None => Link::Plain(socket),
+                Some(host) => Link::Ws(Box::new(WsClient::new(socket, host))),
+            });
+        };
+        let session =
+            ClientConnection::new(Arc::clone(config), name.clone()).map_err(io::Error::other)?;
+        let tls = TlsStream::client(session, socket);
+        Ok(match &layers.ws {
+            None => Link::Tls(Box::new(tls)),
+            Some(host) => Link::Wss(Box::new(WsClient::new(tls, host))),
         })
     }
 
@@ -33,6 +48,8 @@ impl Link {
         match self {
             Link::Plain(socket) => socket,
             Link::Tls(tls) => tls.socket(),
+            Link::Ws(ws) => ws.wire(),
+            Link::Wss(ws) => ws.wire().socket(),
         }
     }
 
@@ -40,6 +57,8 @@ impl Link {
         match self {
             Link::Plain(socket) => io::Read::read(socket, buf),
             Link::Tls(tls) => tls.read(buf),
+            Link::Ws(ws) => ws.read(buf),
+            Link::Wss(ws) => ws.read(buf),
         }
     }
 
@@ -47,6 +66,8 @@ impl Link {
         match self {
             Link::Plain(socket) => io::Write::write(socket, buf),
             Link::Tls(tls) => tls.write(buf),
+            Link::Ws(ws) => ws.write(buf),
+            Link::Wss(ws) => ws.write(buf),
         }
     }
 
@@ -55,6 +76,8 @@ impl Link {
         match self {
             Link::Plain(_) => Ok(()),
             Link::Tls(tls) => tls.flush_layer(),
+            Link::Ws(ws) => ws.flush_layer(),
+            Link::Wss(ws) => ws.flush_layer(),
         }
     }
 

@@ -26,6 +26,7 @@ mod trust;
 mod udp;
 mod wire;
 mod worker;
+mod ws;
 
 use std::net::ToSocketAddrs;
 use std::process::ExitCode;
@@ -128,6 +129,11 @@ struct Args {
     #[arg(long, conflicts_with = "udp")]
     tls: bool,
 
+    /// WebSocket: every connection upgraded, each write one binary message (also: --addr
+    /// ws:HOST:PORT, or wss:HOST:PORT with TLS).
+    #[arg(long, conflicts_with = "udp")]
+    ws: bool,
+
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
@@ -192,9 +198,12 @@ fn target(spec: &str) -> Result<Target, String> {
             .map(Target::Tcp)
             .ok_or_else(|| format!("{spec} resolved to no address")),
         ListenSpec::Udp(_) => Err(format!("{spec} is a UDP address: add --udp")),
-        ListenSpec::Ws(_) | ListenSpec::Wss(_) => Err(format!(
-            "{spec}: the load generator speaks no WebSocket yet"
-        )),
+        ListenSpec::Ws(host_port) | ListenSpec::Wss(host_port) => host_port
+            .to_socket_addrs()
+            .map_err(|err| format!("cannot resolve {spec}: {err}"))?
+            .next()
+            .map(Target::Tcp)
+            .ok_or_else(|| format!("{spec} resolved to no address")),
         ListenSpec::Tls(host_port) => host_port
             .to_socket_addrs()
             .map_err(|err| format!("cannot resolve {spec}: {err}"))?
@@ -223,12 +232,16 @@ fn run(args: &Args) -> Result<Report, String> {
         target(&args.addr)?
     };
     // TLS by flag or by the address's own prefix; the host is the name to ask for.
-    let tls = args.tls || args.addr.starts_with("tls:");
-    let tls_host = args
+    let tls = args.tls || args.addr.starts_with("tls:") || args.addr.starts_with("wss:");
+    let ws = args.ws || args.addr.starts_with("ws:") || args.addr.starts_with("wss:");
+    let host = args
         .addr
-        .trim_start_matches("tls:")
+        .split_once(':')
+        .filter(|(kind, _)| matches!(*kind, "tls" | "ws" | "wss"))
+        .map_or(args.addr.as_str(), |(_, rest)| rest)
         .rsplit_once(':')
-        .map(|(host, _)| host.to_string());
+        .map(|(host, _)| host.to_string())
+        .unwrap_or_else(|| "localhost".to_string());
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         return Err("--rate must be a positive number".into());
     }
@@ -251,11 +264,16 @@ fn run(args: &Args) -> Result<Report, String> {
         rate: args.rate.map(|r| r / threads as f64),
         connects_in_flight: (args.connect_burst as usize).div_ceil(threads),
         connect_timeout: seconds("connect-timeout", args.connect_timeout, false)?,
-        tls: if tls {
-            let host = tls_host.as_deref().unwrap_or("localhost");
-            Some((trust::client_config(None, true)?, trust::server_name(host)?))
-        } else {
-            None
+        layers: link::Layers {
+            tls: if tls {
+                Some((
+                    trust::client_config(None, true)?,
+                    trust::server_name(&host)?,
+                ))
+            } else {
+                None
+            },
+            ws: ws.then(|| host.clone()),
         },
     };
 

@@ -11,7 +11,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use echod::transport::Stream as Socket;
@@ -52,11 +52,8 @@ pub struct Plan {
     /// Connects in flight at once, for this thread.
     pub connects_in_flight: usize,
     pub connect_timeout: Duration,
-    /// `--tls`: whom to trust and which name to ask for (`None`: plain).
-    pub tls: Option<(
-        Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
+    /// `--tls` and `--ws`: what each connection speaks above TCP.
+    pub layers: crate::link::Layers,
 }
 
 /// What the threads share: progress counters and the common start line.
@@ -331,7 +328,7 @@ impl Worker<'_> {
                             token,
                             Interest::READABLE | Interest::WRITABLE,
                         )?;
-                        let link = Link::new(stream, self.plan.tls.as_ref())?;
+                        let link = Link::new(stream, &self.plan.layers)?;
                         conns.push(Conn::new(link, id, self.plan.pipeline));
                         in_flight += 1;
                     }
@@ -538,7 +535,7 @@ impl Worker<'_> {
                     Token(slot),
                     Interest::READABLE | Interest::WRITABLE,
                 )?;
-                let link = Link::new(stream, self.plan.tls.as_ref())?;
+                let link = Link::new(stream, &self.plan.layers)?;
                 let mut conn = Conn::new(link, id, 1);
                 conn.allowed = 1;
                 conn.connect_started_ns = self.now_ns;
