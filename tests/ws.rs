@@ -326,3 +326,25 @@ fn a_client_that_never_reads_is_held_at_the_cap_and_loses_nothing() {
     let stats = server.stop();
     assert_eq!(stats.peak_pending_connection, cap, "pending passed the cap");
 }
+
+#[test]
+fn several_messages_in_one_segment_and_a_fin_behind_them_are_all_answered() {
+    let (server, addr) = ws_server(|_| {});
+    for round in 0..20 {
+        let mut raw = connect(addr);
+        upgrade_by_hand(&mut raw);
+        // Three messages in one write: the server reads them in one go and must answer
+        // every one, not just the first, though its socket then has nothing more.
+        let mut burst = Vec::new();
+        for word in [&b"one"[..], b"two", b"three"] {
+            burst.extend(masked_frame(0x01, true, word));
+        }
+        raw.write_all(&burst).unwrap();
+        assert_eq!(read_frames_payload(&mut raw, 11), b"onetwothree");
+        // The last message and the FIN together: answered, then the connection ends.
+        raw.write_all(&masked_frame(0x02, true, b"last")).unwrap();
+        raw.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(read_frames_payload(&mut raw, 4), b"last", "round {round}");
+    }
+    server.wait_for("every close", |s| s.closed_total() == 20);
+}

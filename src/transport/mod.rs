@@ -246,8 +246,9 @@ impl Transport for AnyTransport {
             // Plaintext comes from rustls's buffer: only the layer knows whether the socket
             // behind it is drained too.
             AnyTransport::Tls(tls) => tls.drained(),
-            // A message's payload is handed over from tungstenite's buffer: read on.
-            AnyTransport::Ws(_) | AnyTransport::Wss(_) => false,
+            AnyTransport::Ws(ws) => ws.drained(),
+            // Over TLS the wire's reads say nothing of the socket: read on.
+            AnyTransport::Wss(_) => false,
         }
     }
 
@@ -265,8 +266,11 @@ impl Transport for AnyTransport {
         match self {
             AnyTransport::Plain(_) => {} // the connection itself keeps this in mind
             AnyTransport::Tls(tls) => tls.note_peer_fin(),
-            AnyTransport::Ws(_) => {}
-            AnyTransport::Wss(ws) => ws.wire_mut().note_peer_fin(),
+            AnyTransport::Ws(ws) => ws.note_peer_fin(),
+            AnyTransport::Wss(ws) => {
+                ws.note_peer_fin();
+                ws.wire_mut().note_peer_fin();
+            }
         }
     }
 

@@ -52,6 +52,9 @@ pub(crate) trait Wire: Read + Write {
     fn stream_mut(&mut self) -> &mut Stream;
     fn stream(&self) -> &Stream;
     fn is_handshaking(&self) -> bool;
+    /// Whether a short read of the wire means the socket is drained (a raw stream on
+    /// epoll or kqueue; never TLS, whose reads come from its own buffer).
+    fn short_read_is_drained(&self) -> bool;
 }
 
 impl Wire for Stream {
@@ -72,6 +75,9 @@ impl Wire for Stream {
     }
     fn is_handshaking(&self) -> bool {
         false
+    }
+    fn short_read_is_drained(&self) -> bool {
+        crate::readiness::SHORT_READ_MEANS_DRAINED
     }
 }
 
@@ -108,6 +114,9 @@ impl Wire for TlsStream {
     }
     fn is_handshaking(&self) -> bool {
         TlsStream::is_handshaking(self)
+    }
+    fn short_read_is_drained(&self) -> bool {
+        false
     }
 }
 
@@ -150,6 +159,52 @@ pub(crate) struct WsStream<W: Wire> {
     max_message: usize,
     /// The upgrade has been seen to complete (reported once).
     upgrade_reported: bool,
+    /// What tungstenite gave when asked ahead without a socket read (see `look_ahead`).
+    read_ahead: VecDeque<tungstenite::Result<Message>>,
+    /// The socket read behind the last message came back short.
+    last_read_short: bool,
+    /// The last `read` left nothing behind, in tungstenite or the socket.
+    drained: bool,
+    /// The peer's FIN was reported.
+    peer_fin: bool,
+}
+
+/// The wire as tungstenite reads it: notes a short read, or (`refuse`) reads nothing and
+/// says `WouldBlock`, so that tungstenite answers from what it holds.
+struct Probe<'a, W> {
+    wire: &'a mut W,
+    refuse: bool,
+    short: bool,
+}
+
+impl<'a, W> Probe<'a, W> {
+    fn new(wire: &'a mut W, refuse: bool) -> Self {
+        Probe {
+            wire,
+            refuse,
+            short: false,
+        }
+    }
+}
+
+impl<W: Read> Read for Probe<'_, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.refuse {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.wire.read(buf)?;
+        self.short = n > 0 && n < buf.len();
+        Ok(n)
+    }
+}
+
+impl<W: Write> Write for Probe<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.wire.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.wire.flush()
+    }
 }
 
 impl<W: Wire> std::fmt::Debug for WsStream<W> {
@@ -175,6 +230,10 @@ impl<W: Wire> WsStream<W> {
             mode,
             max_message,
             upgrade_reported: false,
+            read_ahead: VecDeque::new(),
+            last_read_short: false,
+            drained: false,
+            peer_fin: false,
         }
     }
 
@@ -325,6 +384,11 @@ impl<W: Wire> WsStream<W> {
     fn read_message(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if let Some((payload, at)) = &mut self.reading {
+                if *at > 0 {
+                    // A later go at a long message: what was learned about the socket when
+                    // it arrived may be stale by now.
+                    self.drained = false;
+                }
                 let n = (payload.len() - *at).min(buf.len());
                 buf[..n].copy_from_slice(&payload[*at..*at + n]);
                 *at += n;
@@ -339,7 +403,17 @@ impl<W: Wire> WsStream<W> {
             let Stage::Open(ctx) = &mut self.stage else {
                 return Ok(0);
             };
-            let message = match ctx.read(&mut self.wire) {
+            // A message read ahead (see below) comes first.
+            let next = match self.read_ahead.pop_front() {
+                Some(next) => next,
+                None => {
+                    let mut probe = Probe::new(&mut self.wire, false);
+                    let next = ctx.read(&mut probe);
+                    self.last_read_short = probe.short;
+                    next
+                }
+            };
+            let message = match next {
                 Ok(message) => message,
                 Err(tungstenite::Error::Io(err)) if would_block(&err) => {
                     // Perhaps a pong or a close reply could not be written: say so.
@@ -399,7 +473,39 @@ impl<W: Wire> WsStream<W> {
                 });
             }
             self.reading = Some((payload, 0));
+            self.look_ahead();
         }
+    }
+
+    /// After a message that came with a short read of the socket, asks tungstenite for the
+    /// next one *without* reading the socket: a message already buffered is kept for the
+    /// next `read`; none at all means everything that arrived has been handed over, so the
+    /// socket is drained and the confirming read can be skipped (`drained`). Plain `ws:` on
+    /// epoll and kqueue only, never once the peer's FIN is known.
+    fn look_ahead(&mut self) {
+        self.drained = false;
+        if !(self.last_read_short && self.wire.short_read_is_drained() && !self.peer_fin) {
+            return;
+        }
+        let Stage::Open(ctx) = &mut self.stage else {
+            return;
+        };
+        let mut probe = Probe::new(&mut self.wire, true);
+        match ctx.read(&mut probe) {
+            Err(tungstenite::Error::Io(err)) if would_block(&err) => self.drained = true,
+            other => self.read_ahead.push_back(other),
+        }
+    }
+
+    /// Whether the read just made left nothing unread, here or in the socket.
+    pub(crate) fn drained(&self) -> bool {
+        self.drained && self.reading.is_none() && self.read_ahead.is_empty()
+    }
+
+    /// The peer's FIN was reported: every read goes to the socket from now on.
+    pub(crate) fn note_peer_fin(&mut self) {
+        self.peer_fin = true;
+        self.drained = false;
     }
 
     /// A protocol error of the client's: close with the code RFC 6455 gives it.
