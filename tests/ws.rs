@@ -348,3 +348,34 @@ fn several_messages_in_one_segment_and_a_fin_behind_them_are_all_answered() {
     }
     server.wait_for("every close", |s| s.closed_total() == 20);
 }
+
+#[test]
+fn the_tutorial_client_speaks_ws_and_wss() {
+    let server = TestServer::with(Config::listening_on(["ws:127.0.0.1:0", "wss:127.0.0.1:0"]));
+    for (addr, tls) in server.ws_addrs.clone() {
+        let url = format!(
+            "{}://127.0.0.1:{}/chat",
+            if tls { "wss" } else { "ws" },
+            addr.port()
+        );
+        let out = common::example("client")
+            .args(["--host", &url, "--insecure"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "Received: Hello, world\nReceived: 汉语/漢語 Hànyǔ\n",
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = common::example("client")
+            .args(["--host", &url, "--insecure", "--hex", "AB"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "Received: 41 42\n",
+            "{url}"
+        );
+    }
+}

@@ -20,6 +20,8 @@
 //! cargo run --example client -- --udp                              # datagrams (echod --listen udp:…)
 //! cargo run --example client -- --host tls://localhost:50443 --insecure  # TLS (echod --listen tls:…)
 //! cargo run --example client -- --tls --port 50443 --ca cert.pem       # TLS, verified
+//! cargo run --example client -- --host ws://localhost:50080/          # WebSocket messages
+//! cargo run --example client -- --host wss://localhost:50443/ --insecure
 //! ```
 //!
 //! Exit status: 0 when every echo matched; 1 when one differed, the connection closed
@@ -34,6 +36,7 @@ use std::time::Duration;
 use clap::Parser;
 
 mod tls;
+mod ws;
 
 /// What the tutorial's client sends when given nothing to say.
 const DEFAULT_MESSAGES: [&str; 2] = ["Hello, world", "汉语/漢語 Hànyǔ"];
@@ -113,6 +116,24 @@ fn run(args: &Args) -> Result<(), String> {
     let timeout = Duration::from_secs_f64(args.timeout);
     if args.udp {
         return run_udp(args, timeout);
+    }
+    // `ws://HOST:PORT/PATH` and `wss://…`: a WebSocket conversation instead.
+    if let Some((scheme, rest)) = args.host.split_once("://")
+        && (scheme == "ws" || scheme == "wss")
+    {
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let (host, port) = authority
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .ok_or_else(|| format!("{}: expected {scheme}://HOST:PORT/PATH", args.host))?;
+        let socket = connect(host, port, timeout)?;
+        let tls = (scheme == "wss").then_some((host, args.ca.as_deref(), args.insecure));
+        let messages: Vec<&str> = if args.messages.is_empty() {
+            DEFAULT_MESSAGES.to_vec()
+        } else {
+            args.messages.iter().map(String::as_str).collect()
+        };
+        return ws::run(&args.host, socket, tls, &messages, args.hex);
     }
     // `tls://HOST:PORT` says both what to speak and where.
     let (tls, host, port) = match args.host.strip_prefix("tls://") {

@@ -64,11 +64,9 @@ pub fn take_all() -> Result<Inherited, ListenError> {
         };
         match adopt(socket) {
             Ok(Adopted::Stream(socket, endpoint)) => {
-                let endpoint = match endpoint {
-                    Endpoint::Tcp(addr) if name.as_deref().is_some_and(names_tls) => {
-                        Endpoint::Tls(addr)
-                    }
-                    endpoint => endpoint,
+                let endpoint = match (endpoint, name.as_deref().map(named_protocol)) {
+                    (Endpoint::Tcp(addr), Some(Some(protocol))) => protocol(addr),
+                    (endpoint, _) => endpoint,
                 };
                 let listener = Listener::new(socket, endpoint, name, None);
                 info!("adopted {described}: {}", listener.endpoint);
@@ -88,10 +86,17 @@ pub fn take_all() -> Result<Inherited, ListenError> {
     })
 }
 
-/// A TCP socket whose `FileDescriptorName=` is `tls` or begins with `tls-` is served as
-/// TLS (systemd passes sockets, not protocols: the name is how a unit says which).
-fn names_tls(name: &str) -> bool {
-    name == "tls" || name.starts_with("tls-")
+/// The protocol a TCP socket's `FileDescriptorName=` asks for: `tls`, `ws` or `wss`, alone
+/// or before a `-` (`tls-echo`); anything else is plain (systemd passes sockets, not
+/// protocols: the name is how a unit says which).
+fn named_protocol(name: &str) -> Option<fn(std::net::SocketAddr) -> Endpoint> {
+    let kind = name.split('-').next().unwrap_or(name);
+    match kind {
+        "tls" => Some(Endpoint::Tls),
+        "ws" => Some(Endpoint::Ws),
+        "wss" => Some(Endpoint::Wss),
+        _ => None,
+    }
 }
 
 /// What a passed descriptor turned out to be.
@@ -205,4 +210,21 @@ fn unix_endpoint(listener: &std::os::unix::net::UnixListener) -> Endpoint {
         }
     }
     Endpoint::UnixUnnamed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_name_may_ask_for_tls_or_websocket() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7));
+        let kind = |name: &str| named_protocol(name).map(|endpoint| endpoint(addr));
+        assert_eq!(kind("tls"), Some(Endpoint::Tls(addr)));
+        assert_eq!(kind("tls-echo"), Some(Endpoint::Tls(addr)));
+        assert_eq!(kind("ws"), Some(Endpoint::Ws(addr)));
+        assert_eq!(kind("wss-public"), Some(Endpoint::Wss(addr)));
+        assert_eq!(kind("echo-tcp"), None);
+        assert_eq!(kind("tlsx"), None);
+    }
 }
