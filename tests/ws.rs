@@ -86,6 +86,12 @@ fn text_comes_back_as_text_and_binary_as_binary() {
         stats.tls_handshakes, 1,
         "the upgrade is counted as a handshake"
     );
+    assert_eq!(
+        (stats.ws_messages_in, stats.ws_messages_out),
+        (6, 6),
+        "{stats:?}"
+    );
+    assert_eq!(stats.ws_closes_received, 1, "{stats:?}");
 }
 
 #[test]
@@ -120,6 +126,9 @@ fn invalid_utf8_closes_with_1007_and_too_big_with_1009() {
     socket.send(Message::text("still here")).unwrap();
     assert_eq!(next_data(&mut socket), Message::text("still here"));
     common::round_trip(&mut server.connect(), b"and plain TCP");
+    let stats = server.stats();
+    assert_eq!(stats.ws_closed_invalid_utf8, 1, "{stats:?}");
+    assert_eq!(stats.ws_closed_too_big, 1, "{stats:?}");
 }
 
 #[test]

@@ -174,6 +174,9 @@ impl Sessions {
         let outcome = conn.serve(Token(key), ready, &mut self.scratch, &limits, stats);
         let owed_after = conn.pending_len();
         let (read_any, wrote_any) = (conn.bytes_in != in_before, conn.bytes_out != out_before);
+        if let Some(counts) = conn.transport_mut().take_counts() {
+            stats.count_layer(counts);
+        }
         if conn.transport_mut().handshake_done() {
             stats.tls_handshakes += 1;
             trace!("token {key}: handshake done");

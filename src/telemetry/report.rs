@@ -40,6 +40,7 @@ pub(crate) fn text_line(stats: &Stats, serves: Serves) -> String {
         line.put("peak_pending_bytes", stats.peak_pending_bytes);
         nonzero("accept_errors").for_each(|(name, value)| line.put(name, value));
         nonzero("tls_").for_each(|(name, value)| line.put(name, value));
+        nonzero("ws_").for_each(|(name, value)| line.put(name, value));
     }
     if serves.datagrams {
         line.put("udp_datagrams_in", stats.udp_datagrams_in);

@@ -98,6 +98,18 @@ pub struct Stats {
     /// TLS connections that ended before their handshake completed (a protocol error,
     /// a reset, an EOF), timeouts not included.
     pub tls_handshakes_failed: u64,
+    /// WebSocket data messages received.
+    pub ws_messages_in: u64,
+    /// WebSocket data messages sent (echoes, or acks).
+    pub ws_messages_out: u64,
+    /// WebSocket close frames received from clients.
+    pub ws_closes_received: u64,
+    /// WebSocket connections echod closed with 1002 (protocol error).
+    pub ws_closed_protocol: u64,
+    /// WebSocket connections echod closed with 1007 (invalid UTF-8 in a text message).
+    pub ws_closed_invalid_utf8: u64,
+    /// WebSocket connections echod closed with 1009 (a message over `--ws-max-message`).
+    pub ws_closed_too_big: u64,
     /// Bytes read from clients.
     pub bytes_in: u64,
     /// Bytes written to clients.
@@ -190,6 +202,16 @@ impl Stats {
         } += 1;
     }
 
+    /// What a protocol layer counted while one connection was served.
+    pub(crate) fn count_layer(&mut self, counts: crate::transport::LayerCounts) {
+        self.ws_messages_in += counts.ws_messages_in;
+        self.ws_messages_out += counts.ws_messages_out;
+        self.ws_closes_received += counts.ws_closes_received;
+        self.ws_closed_protocol += counts.ws_closed_protocol;
+        self.ws_closed_invalid_utf8 += counts.ws_closed_invalid_utf8;
+        self.ws_closed_too_big += counts.ws_closed_too_big;
+    }
+
     pub(crate) fn count_accept(&mut self) {
         self.accepted += 1;
         self.active += 1;
@@ -197,7 +219,7 @@ impl Stats {
     }
 
     /// Every counter by name, in a fixed order: the one list both output formats use.
-    pub fn fields(&self) -> [(&'static str, u64); 36] {
+    pub fn fields(&self) -> [(&'static str, u64); 42] {
         [
             ("accepted", self.accepted),
             ("rejected", self.rejected_total()),
@@ -222,6 +244,12 @@ impl Stats {
             ("accept_errors", self.accept_errors),
             ("tls_handshakes", self.tls_handshakes),
             ("tls_handshakes_failed", self.tls_handshakes_failed),
+            ("ws_messages_in", self.ws_messages_in),
+            ("ws_messages_out", self.ws_messages_out),
+            ("ws_closes_received", self.ws_closes_received),
+            ("ws_closed_protocol", self.ws_closed_protocol),
+            ("ws_closed_invalid_utf8", self.ws_closed_invalid_utf8),
+            ("ws_closed_too_big", self.ws_closed_too_big),
             ("loop_iterations", self.loop_iterations),
             ("events", self.events),
             ("udp_datagrams_in", self.udp_datagrams_in),

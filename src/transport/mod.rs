@@ -142,6 +142,26 @@ pub(crate) trait Transport: Source {
 
     /// True exactly once, when the handshake has just been seen to complete.
     fn handshake_done(&mut self) -> bool;
+
+    /// What the protocol counted since last asked (`None`: nothing to count, as for a
+    /// plain stream), for the server's counters.
+    fn take_counts(&mut self) -> Option<LayerCounts>;
+}
+
+/// Events a protocol layer counts, handed to the server's counters after each serve.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LayerCounts {
+    /// WebSocket data messages received.
+    pub ws_messages_in: u64,
+    /// WebSocket data messages sent back (completed).
+    pub ws_messages_out: u64,
+    /// Close frames received from clients.
+    pub ws_closes_received: u64,
+    /// Closes echod sent for a protocol error (1002), invalid UTF-8 (1007), a message too
+    /// big (1009).
+    pub ws_closed_protocol: u64,
+    pub ws_closed_invalid_utf8: u64,
+    pub ws_closed_too_big: u64,
 }
 
 /// The transports a connection can have. An enum rather than `Box<dyn Transport>`: no
@@ -281,6 +301,15 @@ impl Transport for AnyTransport {
             AnyTransport::Tls(tls) => tls.is_handshaking(),
             AnyTransport::Ws(ws) => ws.is_handshaking(),
             AnyTransport::Wss(ws) => ws.is_handshaking(),
+        }
+    }
+
+    #[inline]
+    fn take_counts(&mut self) -> Option<LayerCounts> {
+        match self {
+            AnyTransport::Plain(_) | AnyTransport::Tls(_) => None,
+            AnyTransport::Ws(ws) => ws.take_counts(),
+            AnyTransport::Wss(ws) => ws.take_counts(),
         }
     }
 

@@ -29,6 +29,7 @@ use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
+use super::LayerCounts;
 use super::plain::Stream;
 use super::tls::TlsStream;
 use crate::config::Mode;
@@ -167,6 +168,8 @@ pub(crate) struct WsStream<W: Wire> {
     drained: bool,
     /// The peer's FIN was reported.
     peer_fin: bool,
+    /// Counted since the server last asked (see `take_counts`).
+    counts: LayerCounts,
 }
 
 /// The wire as tungstenite reads it: notes a short read, or (`refuse`) reads nothing and
@@ -234,6 +237,7 @@ impl<W: Wire> WsStream<W> {
             last_read_short: false,
             drained: false,
             peer_fin: false,
+            counts: LayerCounts::default(),
         }
     }
 
@@ -444,6 +448,7 @@ impl<W: Wire> WsStream<W> {
                 Message::Text(text) => (true, tungstenite::Bytes::from(text)),
                 Message::Binary(bytes) => (false, bytes),
                 Message::Close(_) => {
+                    self.counts.ws_closes_received += 1;
                     // tungstenite has queued the reply (the same code): send it, then end.
                     self.flush_pending = true;
                     self.ended = true;
@@ -457,11 +462,13 @@ impl<W: Wire> WsStream<W> {
                     continue;
                 }
             };
+            self.counts.ws_messages_in += 1;
             if payload.is_empty() {
                 // An empty message has no bytes for the echo to carry: answer it here.
                 if self.mode == Mode::Echo {
                     let kind = if text { Data::Text } else { Data::Binary };
                     self.send_frame(Frame::message(Vec::new(), OpCode::Data(kind), true))?;
+                    self.counts.ws_messages_out += 1;
                 }
                 continue;
             }
@@ -497,6 +504,12 @@ impl<W: Wire> WsStream<W> {
         }
     }
 
+    /// What was counted since last asked; `None` when nothing was.
+    pub(crate) fn take_counts(&mut self) -> Option<LayerCounts> {
+        let counts = std::mem::take(&mut self.counts);
+        (counts != LayerCounts::default()).then_some(counts)
+    }
+
     /// Whether the read just made left nothing unread, here or in the socket.
     pub(crate) fn drained(&self) -> bool {
         self.drained && self.reading.is_none() && self.read_ahead.is_empty()
@@ -515,6 +528,11 @@ impl<W: Wire> WsStream<W> {
             tungstenite::Error::Capacity(_) => CloseCode::Size, // 1009
             _ => CloseCode::Protocol,                          // 1002
         };
+        match code {
+            CloseCode::Invalid => self.counts.ws_closed_invalid_utf8 += 1,
+            CloseCode::Size => self.counts.ws_closed_too_big += 1,
+            _ => self.counts.ws_closed_protocol += 1,
+        }
         log::debug!("websocket: {err}: closing with {}", u16::from(code));
         if let Stage::Open(ctx) = &mut self.stage {
             let frame = CloseFrame {
@@ -567,6 +585,7 @@ impl<W: Wire> WsStream<W> {
                 let last = owed.left == 0;
                 if last {
                     self.owed_messages.pop_front();
+                    self.counts.ws_messages_out += 1;
                 }
                 (Frame::message(buf[..taken].to_vec(), opcode, last), taken)
             }
@@ -574,6 +593,7 @@ impl<W: Wire> WsStream<W> {
             None => {
                 let taken = buf.len().min(WRITE_BUFFER_LIMIT);
                 let frame = Frame::message(buf[..taken].to_vec(), OpCode::Data(Data::Text), true);
+                self.counts.ws_messages_out += 1;
                 (frame, taken)
             }
         };
