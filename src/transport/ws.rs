@@ -132,12 +132,14 @@ enum Stage {
 }
 
 /// A data message read whose echo is not yet all written: its kind and bytes still owed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct OwedMessage {
     text: bool,
-    left: usize,
-    /// No frame of it has been sent yet (the first carries the kind, the rest continue).
-    first: bool,
+    /// The message as received: in echo mode the bytes written back are exactly these, so
+    /// frames are cut from it (a reference, no copy) rather than from the bytes written.
+    payload: tungstenite::Bytes,
+    /// How much of it has gone back.
+    sent: usize,
 }
 
 /// One WebSocket connection over `W`.
@@ -475,8 +477,8 @@ impl<W: Wire> WsStream<W> {
             if self.mode == Mode::Echo {
                 self.owed_messages.push_back(OwedMessage {
                     text,
-                    left: payload.len(),
-                    first: true,
+                    payload: payload.clone(),
+                    sent: 0,
                 });
             }
             self.reading = Some((payload, 0));
@@ -574,20 +576,22 @@ impl<W: Wire> WsStream<W> {
         }
         let (frame, taken) = match self.owed_messages.front_mut() {
             Some(owed) => {
-                let taken = buf.len().min(owed.left).min(WRITE_BUFFER_LIMIT);
-                let opcode = match (owed.first, owed.text) {
+                let left = owed.payload.len() - owed.sent;
+                let taken = buf.len().min(left).min(WRITE_BUFFER_LIMIT);
+                let opcode = match (owed.sent == 0, owed.text) {
                     (false, _) => OpCode::Data(Data::Continue),
                     (true, true) => OpCode::Data(Data::Text),
                     (true, false) => OpCode::Data(Data::Binary),
                 };
-                owed.left -= taken;
-                owed.first = false;
-                let last = owed.left == 0;
+                let data = owed.payload.slice(owed.sent..owed.sent + taken);
+                debug_assert_eq!(&data[..], &buf[..taken], "an echo writes what it read");
+                owed.sent += taken;
+                let last = owed.sent == owed.payload.len();
                 if last {
                     self.owed_messages.pop_front();
                     self.counts.ws_messages_out += 1;
                 }
-                (Frame::message(buf[..taken].to_vec(), opcode, last), taken)
+                (Frame::message(data, opcode, last), taken)
             }
             // --mode ack: each reply is a text message of its own.
             None => {
@@ -603,6 +607,10 @@ impl<W: Wire> WsStream<W> {
 
     /// Our end: a close frame (1000) if none was exchanged yet, then the wire's end.
     pub(crate) fn shutdown_writes(&mut self) -> io::Result<()> {
+        // Nothing more will be written: what is still read (a graceful stop reads to the
+        // client's end) must not pile up as replies owed.
+        self.mode = Mode::Discard;
+        self.owed_messages.clear();
         if !self.ended
             && let Stage::Open(ctx) = &mut self.stage
         {
