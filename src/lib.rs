@@ -1,4 +1,4 @@
-//! # echod: a single-threaded, readiness-based echo server (TCP, UDP and Unix sockets)
+//! # echod: a single-threaded, readiness-based echo server (TCP, TLS, WebSocket, UDP, Unix)
 //!
 //! Every byte a client sends comes back on the same connection, in order, untouched
 //! (RFC 862), for thousands of clients at once on one thread, with bounded memory.
@@ -17,7 +17,8 @@
 //!   list, the idle and stall lists); `session::connection` is one client's echo state
 //!   machine, `session::pending` its unsent bytes, `session::timers` the deadline lists.
 //! - [`transport`]: the seam between a socket and the echo: the `Transport` trait, and
-//!   the plain TCP or Unix [`transport::Stream`] (TLS and WebSocket are to join it).
+//!   the plain TCP or Unix [`transport::Stream`], TLS ([`transport::TlsStream`], rustls),
+//!   WebSocket (`transport::ws`, tungstenite), and where their certificates come from.
 //! - `udp`: datagram echo on the same loop: batched receive and GSO send (`udp::batch`),
 //!   the guards against loops and reflection (`udp::guard`).
 //! - [`listen`]: where sockets come from: `HOST:PORT`, `udp:HOST:PORT`, `unix:PATH`,
