@@ -7,11 +7,11 @@
 //!
 //! - [`SHORT_READ_MEANS_DRAINED`]: on kernel-edge selectors a short read is as good as
 //!   `WouldBlock`, saving one system call per message.
-//! - [`rearm_after_foreign_drain`]: a descriptor emptied by someone else's reads (the
+//! - `rearm_after_foreign_drain`: a descriptor emptied by someone else's reads (the
 //!   signal pipe) never showed mio its `WouldBlock`, so poll(2) must be re-armed by hand.
 //! - [`REWAKE_INTERVAL`]: poll(2) can swallow a wake from another thread.
 //!
-//! Plus the small named helpers that make `match` arms read as prose, and [`Ready`], what
+//! Plus the small named helpers that make `match` arms read as prose, and `Ready`, what
 //! an event said about a socket.
 
 use std::io;

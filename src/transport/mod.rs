@@ -1,20 +1,20 @@
-//! The seam between a connected socket and the echo: a [`Transport`] carries application
+//! The seam between a connected socket and the echo: a `Transport` carries application
 //! bytes, whatever protocol sits on the raw stream: none (`plain`), or TLS (`tls`).
 //!
 //! The echo state machine (`session::connection`) serves every connection through this
 //! trait and never learns which protocol it has. The rules a transport keeps, so that the
 //! readiness rules stay true above it:
 //!
-//! - [`Transport::read`] says `WouldBlock` only when the socket *and* whatever the layer
+//! - `Transport::read` says `WouldBlock` only when the socket *and* whatever the layer
 //!   has already decoded are empty. "Drain until `WouldBlock`" then means the same on
 //!   every transport: a layer that holds plaintext must hand it over before saying so.
-//! - [`Transport::write`] takes what it can and says `WouldBlock` when it can take nothing
+//! - `Transport::write` takes what it can and says `WouldBlock` when it can take nothing
 //!   (never `Ok(0)` for a non-empty buffer).
 //! - What the layer itself must send or receive (handshakes, records it holds, replies to
-//!   control frames) shows in [`Transport::wants`], which the connection joins with its
+//!   control frames) shows in `Transport::wants`, which the connection joins with its
 //!   own wants in the one function that derives the interest.
 //!
-//! A protocol is chosen once, where a connection is admitted ([`AnyTransport::admit`],
+//! A protocol is chosen once, where a connection is admitted (`AnyTransport::admit`,
 //! from the listener's [`Protocol`]); nothing after that asks which one it was.
 
 mod certs;
