@@ -58,7 +58,7 @@ impl SpareDescriptor {
 pub(crate) struct Acceptor {
     /// Listening sockets, registered under their listener tokens; emptied (closed) when
     /// shutdown begins.
-    listeners: Vec<crate::listen::Listener>,
+    listeners: Vec<Listener>,
     /// What the protocols need to start a connection (the TLS certificate).
     layers: Layers,
     /// Connections accepted per listener per turn.

@@ -118,36 +118,35 @@ impl Server {
 
     /// The TCP addresses actually bound (real ports for port 0), in `--listen` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.endpoints()
-            .into_iter()
-            .filter_map(|endpoint| match endpoint {
-                Endpoint::Tcp(addr) => Some(addr),
-                _ => None,
-            })
-            .collect()
+        self.addrs_where(|endpoint| match endpoint {
+            Endpoint::Tcp(addr) => Some(*addr),
+            _ => None,
+        })
     }
 
     /// The WebSocket addresses actually bound (`ws:` and `wss:` listeners), with whether
     /// each is over TLS, in `--listen` order.
     pub fn local_ws_addrs(&self) -> Vec<(SocketAddr, bool)> {
-        self.endpoints()
-            .into_iter()
-            .filter_map(|endpoint| match endpoint {
-                Endpoint::Ws(addr) => Some((addr, false)),
-                Endpoint::Wss(addr) => Some((addr, true)),
-                _ => None,
-            })
-            .collect()
+        self.addrs_where(|endpoint| match endpoint {
+            Endpoint::Ws(addr) => Some((*addr, false)),
+            Endpoint::Wss(addr) => Some((*addr, true)),
+            _ => None,
+        })
     }
 
     /// The TLS addresses actually bound (`tls:` listeners), in `--listen` order.
     pub fn local_tls_addrs(&self) -> Vec<SocketAddr> {
-        self.endpoints()
-            .into_iter()
-            .filter_map(|endpoint| match endpoint {
-                Endpoint::Tls(addr) => Some(addr),
-                _ => None,
-            })
+        self.addrs_where(|endpoint| match endpoint {
+            Endpoint::Tls(addr) => Some(*addr),
+            _ => None,
+        })
+    }
+
+    /// What `pick` takes from each stream listener's endpoint, in order.
+    fn addrs_where<T>(&self, pick: impl Fn(&Endpoint) -> Option<T>) -> Vec<T> {
+        self.listeners
+            .iter()
+            .filter_map(|l| pick(&l.endpoint))
             .collect()
     }
 

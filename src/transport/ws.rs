@@ -266,7 +266,7 @@ impl<W: Wire> WsStream<W> {
     }
 
     pub(crate) fn wants_read(&self) -> bool {
-        !matches!(self.stage, Stage::Open(_)) && !matches!(self.stage, Stage::Refusing)
+        matches!(self.stage, Stage::Upgrade { .. })
     }
 
     pub(crate) fn wants_write(&self) -> bool {
