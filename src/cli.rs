@@ -131,6 +131,18 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_bytes)]
     pub ws_max_message: usize,
 
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics and a liveness check at
+    /// /health, from the same loop (with --workers: from the master, summed).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_metrics)]
+    pub metrics: Option<String>,
+
+    /// Worker processes, each one single-threaded loop like a plain echod, under a master
+    /// that binds the sockets, replaces a worker that dies and forwards signals. 1: no
+    /// master, this process serves (the default).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=crate::config::MAX_WORKERS as u64))]
+    pub workers: usize,
+
     /// Log a line of counters this often. Default: only at exit and on SIGUSR1.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub stats_interval: Option<Duration>,
@@ -208,8 +220,18 @@ impl Args {
             handshake_timeout: self.handshake_timeout,
             ws_max_message: self.ws_max_message,
             handle_signals: true,
+            metrics: self.metrics,
+            workers: self.workers,
             ..Config::default()
         }
+    }
+}
+
+/// A `--metrics` value: a TCP `HOST:PORT`.
+fn parse_metrics(text: &str) -> Result<String, String> {
+    match crate::listen::ListenSpec::parse(text)? {
+        crate::listen::ListenSpec::Tcp(_) => Ok(text.to_string()),
+        _ => Err("the metrics endpoint is plain HTTP over TCP: HOST:PORT".to_string()),
     }
 }
 

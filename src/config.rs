@@ -34,6 +34,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_WS_MAX_MESSAGE: usize = 16 << 20;
 /// How long a TLS handshake may take before the connection is closed.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--workers` at most: far more than any machine has cores, and few enough that a typo
+/// (an extra zero or three) is an error rather than a fork storm.
+pub const MAX_WORKERS: usize = 1024;
+
 /// Descriptors kept back from `--max-connections`' default for listeners, the poll
 /// instance, signals, logging and the spare descriptor used to turn clients away.
 pub const DESCRIPTOR_RESERVE: u64 = 32;
@@ -120,6 +124,10 @@ pub struct Config {
     /// certificate) in the loop.
     /// The binary turns this on; an in-process test server leaves it off.
     pub handle_signals: bool,
+    /// `--metrics HOST:PORT`: serve `/metrics` and `/health` over HTTP there.
+    pub metrics: Option<String>,
+    /// `--workers`: processes serving the sockets (1: this process serves them itself).
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -154,6 +162,8 @@ impl Default for Config {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             ws_max_message: DEFAULT_WS_MAX_MESSAGE,
             handle_signals: false,
+            metrics: None,
+            workers: 1,
         }
     }
 }

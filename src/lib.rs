@@ -48,6 +48,7 @@ mod delegate;
 pub mod fdlimit;
 pub mod handle;
 pub mod listen;
+mod metrics;
 mod print;
 mod ratelimit;
 mod reactor;
@@ -57,6 +58,7 @@ mod session;
 pub mod telemetry;
 pub mod transport;
 mod udp;
+pub mod workers;
 
 pub use config::{Config, Mode};
 pub use handle::ServerHandle;

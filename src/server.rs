@@ -15,12 +15,14 @@ use mio::{Interest, Poll, Waker};
 
 use crate::config::{Config, DEFAULT_LISTEN};
 use crate::handle::{Request, ServerHandle};
-use crate::listen::{Datagram, Endpoint, Listener, bind_all, inherited};
-use crate::reactor::EventLoop;
+use crate::listen::{Datagram, Endpoint, Listener, bind_all, bind_metrics, inherited};
+use crate::metrics::MetricsEndpoint;
 use crate::reactor::tokens::{MAX_LISTENERS, MAX_UDP, Owner};
+use crate::reactor::{EventLoop, Rooms};
 use crate::telemetry::stats::Stats;
 use crate::transport::{Layers, TlsIdentity};
 use crate::udp::{Datagrams, UdpEndpoint, UdpSettings};
+use crate::workers::link::MasterLink;
 
 /// A bound echo server, ready to [`run`](Server::run).
 ///
@@ -41,6 +43,10 @@ pub struct Server {
     datagrams: Vec<Datagram>,
     /// What the listeners' protocols need (the TLS certificate), loaded at bind.
     layers: Layers,
+    /// `--metrics`: bound and registered.
+    metrics: Option<MetricsEndpoint>,
+    /// In a worker: the link to its master, registered ([`Server::attach_master`]).
+    master: Option<MasterLink>,
     config: Config,
     /// Cloned out to callers by [`Server::handle`].
     handle: ServerHandle,
@@ -102,6 +108,13 @@ impl Server {
                 None => info!("listening on udp:{}", datagram.addr),
             }
         }
+        let metrics = match &config.metrics {
+            Some(spec) => {
+                let bound = bind_metrics(spec, &config.bind_options()).map_err(as_io)?;
+                Some(MetricsEndpoint::new(bound, poll.registry())?)
+            }
+            None => None,
+        };
         let waker = Arc::new(Waker::new(poll.registry(), Owner::Waker.token())?);
         let (handle, inbox) = ServerHandle::new(Arc::clone(&waker));
         Ok(Server {
@@ -109,11 +122,27 @@ impl Server {
             listeners,
             datagrams,
             layers,
+            metrics,
+            master: None,
             config,
             handle,
             inbox,
             waker,
         })
+    }
+
+    /// Serve as a worker of `link`'s master: answer its questions, stop when it is gone.
+    pub fn attach_master(&mut self, mut link: MasterLink) -> io::Result<()> {
+        link.register(self.poll.registry(), Owner::Master.token())?;
+        self.master = Some(link);
+        Ok(())
+    }
+
+    /// The `--metrics` addresses actually bound (real ports for port 0).
+    pub fn local_metrics_addrs(&self) -> Vec<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map_or_else(Vec::new, MetricsEndpoint::local_addrs)
     }
 
     /// The TCP addresses actually bound (real ports for port 0), in `--listen` order.
@@ -179,6 +208,8 @@ impl Server {
             listeners,
             datagrams,
             layers,
+            metrics,
+            master,
             config,
             handle: _,
             inbox,
@@ -191,7 +222,14 @@ impl Server {
                 .collect(),
             UdpSettings::from(&config),
         );
-        EventLoop::new(poll, listeners, layers, udp, &config, inbox, waker)?.run()
+        let rooms = Rooms {
+            listeners,
+            layers,
+            udp,
+            metrics,
+            master,
+        };
+        EventLoop::new(poll, rooms, &config, inbox, waker)?.run()
     }
 }
 

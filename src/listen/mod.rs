@@ -145,6 +145,15 @@ impl Listener {
     }
 }
 
+impl std::os::fd::AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match &self.socket {
+            ListenSocket::Tcp(listener) => listener.as_fd(),
+            ListenSocket::Unix(listener) => listener.as_fd(),
+        }
+    }
+}
+
 impl fmt::Display for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.name {
@@ -369,6 +378,22 @@ pub fn bind_all(specs: &[String], options: &BindOptions) -> Result<Bound, Listen
     Ok(Bound {
         listeners,
         datagrams,
+    })
+}
+
+/// Binds the `--metrics` endpoint's `HOST:PORT`, every address it resolves to. Never with
+/// `SO_REUSEPORT`: a metrics port that is also an echo port must fail to bind, not share.
+pub fn bind_metrics(
+    spec: &str,
+    options: &BindOptions,
+) -> Result<Vec<(mio::net::TcpListener, SocketAddr)>, ListenError> {
+    let options = BindOptions {
+        reuse_port: false,
+        ..*options
+    };
+    tcp::bind_spec(spec, &options, &mut Vec::new()).map_err(|err| ListenError {
+        addr: format!("--metrics {}", err.addr),
+        ..err
     })
 }
 

@@ -35,15 +35,23 @@ use crate::accept::Acceptor;
 use crate::config::Config;
 use crate::handle::Request;
 use crate::listen::Listener;
+use crate::metrics::{Exporter, MetricsEndpoint};
 use crate::readiness::{Drain, Ready, interrupted};
 use crate::session::Sessions;
+use crate::telemetry::exposition::Snapshot;
+use crate::telemetry::process::ProcessSample;
 use crate::telemetry::stats::{CloseReason, Stats};
 use crate::telemetry::{Serves, Telemetry};
 use crate::transport::Layers;
 use crate::udp::Datagrams;
+use crate::workers::link::{LinkEvent, MasterLink};
 use control::{Command, Control};
 use lifecycle::{DrainProgress, Lifecycle, StopStep};
 use tokens::Owner;
+
+/// A worker whose master is gone flushes what it owes for at most this long: the master
+/// is not coming back, and a replacement may already be listening.
+const ORPHAN_DRAIN: Duration = Duration::from_secs(1);
 
 /// Readiness events taken from the kernel per `poll`.
 const EVENTS_PER_POLL: usize = 1024;
@@ -67,6 +75,10 @@ pub(crate) struct EventLoop {
     udp: Datagrams,
     /// Requests from handles and signals.
     control: Control,
+    /// `--metrics`: the HTTP endpoint and its clients.
+    metrics: Option<MetricsEndpoint>,
+    /// In a worker: the link to the master (questions in, answers out; EOF: stop).
+    master: Option<MasterLink>,
     /// Serving or draining.
     lifecycle: Lifecycle,
     /// Reports, systemd notifications and their schedule.
@@ -85,17 +97,31 @@ pub(crate) struct EventLoop {
     now: Instant,
 }
 
+/// What the loop serves, bound and registered already.
+pub(crate) struct Rooms {
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) layers: Layers,
+    pub(crate) udp: Datagrams,
+    pub(crate) metrics: Option<MetricsEndpoint>,
+    pub(crate) master: Option<MasterLink>,
+}
+
 impl EventLoop {
     /// A loop over sockets already bound and registered with `poll`.
     pub(crate) fn new(
         poll: Poll,
-        listeners: Vec<Listener>,
-        layers: Layers,
-        udp: Datagrams,
+        rooms: Rooms,
         config: &Config,
         inbox: Receiver<Request>,
         waker: Arc<Waker>,
     ) -> io::Result<EventLoop> {
+        let Rooms {
+            listeners,
+            layers,
+            udp,
+            metrics,
+            master,
+        } = rooms;
         let now = Instant::now();
         let serves = Serves {
             streams: !listeners.is_empty(),
@@ -107,6 +133,8 @@ impl EventLoop {
             acceptor: Acceptor::new(listeners, layers, config),
             sessions: Sessions::new(config),
             udp,
+            metrics,
+            master,
             lifecycle: Lifecycle::Serving,
             telemetry: Telemetry::new(config, serves, now),
             stats: Stats::default(),
@@ -153,6 +181,9 @@ impl EventLoop {
             self.acceptor.next_deadline(),
             self.lifecycle.deadline(),
             self.telemetry.next_deadline(),
+            self.metrics
+                .as_ref()
+                .and_then(MetricsEndpoint::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -199,6 +230,11 @@ impl EventLoop {
                     let commands = self.control.signals(self.poll.registry());
                     self.apply(commands)
                 }
+                Owner::Master => self.serve_master(),
+                Owner::MetricsListener(_) | Owner::MetricsClient(_) => {
+                    self.serve_metrics(owner);
+                    Flow::Continue
+                }
                 owner => {
                     self.serve(owner, ready);
                     Flow::Continue
@@ -231,7 +267,7 @@ impl EventLoop {
                 self.udp
                     .serve(index, token, ready.writable, registry, stats, now)
             }
-            Owner::Waker | Owner::Signals => Drain::Drained,
+            _ => Drain::Drained,
         };
         if drain == Drain::ComeBack {
             self.revisit.push(owner);
@@ -258,9 +294,56 @@ impl EventLoop {
         self.revisiting.clear();
     }
 
+    /// A metrics listener or client is ready.
+    fn serve_metrics(&mut self, owner: Owner) {
+        let Some(metrics) = self.metrics.as_mut() else {
+            return;
+        };
+        let registry = self.poll.registry();
+        match owner {
+            Owner::MetricsListener(index) => metrics.accept(index, registry, self.now),
+            Owner::MetricsClient(key) => {
+                let mut exporter = LoopExporter {
+                    stats: &mut self.stats,
+                    udp: &mut self.udp,
+                };
+                metrics.serve(key, registry, self.now, &mut exporter);
+            }
+            _ => {}
+        }
+    }
+
+    /// The master asked for the counters, or is gone.
+    fn serve_master(&mut self) -> Flow {
+        let Some(link) = self.master.as_mut() else {
+            return Flow::Continue;
+        };
+        let (stats, udp) = (&mut self.stats, &mut self.udp);
+        let event = link.serve(|| {
+            udp.count_queue_drops(stats);
+            stats.clone()
+        });
+        if event == LinkEvent::Quiet {
+            return Flow::Continue;
+        }
+        link.deregister(self.poll.registry());
+        self.master = None;
+        let drain_for = self.shutdown_timeout.min(ORPHAN_DRAIN);
+        match self.lifecycle.on_stop(self.now, drain_for) {
+            StopStep::BeginDraining => {
+                self.begin_draining("the master is gone");
+                Flow::Continue
+            }
+            StopStep::ExitNow => Flow::Exit,
+        }
+    }
+
     /// Phase 5: clocks that ran out.
     fn expire(&mut self) {
         self.sessions.expire(self.now);
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.expire(self.now, self.poll.registry());
+        }
         if self.lifecycle.is_serving() {
             let registry = self.poll.registry();
             let again =
@@ -367,5 +450,27 @@ impl EventLoop {
         self.udp.count_queue_drops(&mut self.stats);
         self.telemetry
             .report_and_status(label, &self.stats, self.sessions.len());
+    }
+}
+
+/// What a scrape of a single loop reports: its own counters and process.
+struct LoopExporter<'a> {
+    stats: &'a mut Stats,
+    udp: &'a mut Datagrams,
+}
+
+impl Exporter for LoopExporter<'_> {
+    fn snapshot(&mut self) -> Snapshot {
+        self.udp.count_queue_drops(self.stats);
+        Snapshot {
+            stats: self.stats.clone(),
+            process: ProcessSample::own(),
+            workers: Vec::new(),
+        }
+    }
+
+    /// The loop is answering, so it is alive: that is all `/health` says.
+    fn healthy(&self) -> bool {
+        true
     }
 }

@@ -7,8 +7,12 @@
 //! |---|---|
 //! | `usize::MAX` | the waker (requests from a [`ServerHandle`](crate::ServerHandle)) |
 //! | `usize::MAX - 1` | the signal pipe |
+//! | `usize::MAX - 2` | a worker's control link to its master (`--workers`) |
+//! | the next [`MAX_METRICS_LISTENERS`] below | metrics listener 0, 1, … |
+//! | the next [`MAX_METRICS_CLIENTS`] below | a metrics client (its slab key) |
 //! | the next [`MAX_LISTENERS`] below | stream listener 0, 1, … |
 //! | the next [`MAX_UDP`] below | UDP socket 0, 1, … |
+//! | the next [`MAX_WORKERS`] below | in the master: worker slot 0, 1, … |
 //! | everything lower | a session (its slab key) |
 
 use std::fmt;
@@ -19,13 +23,22 @@ use mio::Token;
 pub(crate) const MAX_LISTENERS: usize = 1024;
 /// UDP sockets at most.
 pub(crate) const MAX_UDP: usize = 1024;
+/// Addresses `--metrics` may resolve to.
+pub(crate) const MAX_METRICS_LISTENERS: usize = 8;
+/// Metrics clients open at once.
+pub(crate) const MAX_METRICS_CLIENTS: usize = 64;
+pub(crate) use crate::config::MAX_WORKERS;
 
 const WAKER: usize = usize::MAX;
 const SIGNALS: usize = usize::MAX - 1;
-const FIRST_LISTENER: usize = usize::MAX - 2;
+const MASTER: usize = usize::MAX - 2;
+const FIRST_METRICS_LISTENER: usize = usize::MAX - 3;
+const FIRST_METRICS_CLIENT: usize = FIRST_METRICS_LISTENER - MAX_METRICS_LISTENERS;
+const FIRST_LISTENER: usize = FIRST_METRICS_CLIENT - MAX_METRICS_CLIENTS;
 const FIRST_UDP: usize = FIRST_LISTENER - MAX_LISTENERS;
+const FIRST_WORKER: usize = FIRST_UDP - MAX_UDP;
 /// Tokens at or below this are sessions.
-const LAST_SESSION: usize = FIRST_UDP - MAX_UDP;
+const LAST_SESSION: usize = FIRST_WORKER - MAX_WORKERS;
 
 /// Who an event is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +51,14 @@ pub(crate) enum Owner {
     Listener(usize),
     /// UDP socket `i`: datagrams to answer.
     Udp(usize),
+    /// A worker's link to its master: questions to answer, or the master gone.
+    Master,
+    /// Metrics listener `i`: scrapers to accept.
+    MetricsListener(usize),
+    /// The metrics client in slot `key`.
+    MetricsClient(usize),
+    /// In the master: the control link of the worker in slot `i`.
+    Worker(usize),
     /// The session in slab slot `key`.
     Session(usize),
 }
@@ -50,6 +71,10 @@ impl Owner {
             Owner::Signals => SIGNALS,
             Owner::Listener(index) => FIRST_LISTENER - index,
             Owner::Udp(index) => FIRST_UDP - index,
+            Owner::Master => MASTER,
+            Owner::MetricsListener(index) => FIRST_METRICS_LISTENER - index,
+            Owner::MetricsClient(key) => FIRST_METRICS_CLIENT - key,
+            Owner::Worker(slot) => FIRST_WORKER - slot,
             Owner::Session(key) => key,
         })
     }
@@ -61,8 +86,12 @@ impl Owner {
             key if key <= LAST_SESSION => Owner::Session(key),
             WAKER => Owner::Waker,
             SIGNALS => Owner::Signals,
+            MASTER => Owner::Master,
+            t if t > FIRST_METRICS_CLIENT => Owner::MetricsListener(FIRST_METRICS_LISTENER - t),
+            t if t > FIRST_LISTENER => Owner::MetricsClient(FIRST_METRICS_CLIENT - t),
             t if t > FIRST_UDP => Owner::Listener(FIRST_LISTENER - t),
-            t => Owner::Udp(FIRST_UDP - t),
+            t if t > FIRST_WORKER => Owner::Udp(FIRST_UDP - t),
+            t => Owner::Worker(FIRST_WORKER - t),
         }
     }
 }
@@ -75,6 +104,10 @@ impl fmt::Display for Owner {
             Owner::Signals => write!(f, "signals"),
             Owner::Listener(index) => write!(f, "listener {index}"),
             Owner::Udp(index) => write!(f, "udp {index}"),
+            Owner::Master => write!(f, "master"),
+            Owner::MetricsListener(index) => write!(f, "metrics listener {index}"),
+            Owner::MetricsClient(key) => write!(f, "metrics client {key}"),
+            Owner::Worker(slot) => write!(f, "worker {slot}"),
             Owner::Session(key) => write!(f, "token {key}"),
         }
     }
@@ -93,6 +126,13 @@ mod tests {
             Owner::Listener(MAX_LISTENERS - 1),
             Owner::Udp(0),
             Owner::Udp(MAX_UDP - 1),
+            Owner::Master,
+            Owner::MetricsListener(0),
+            Owner::MetricsListener(MAX_METRICS_LISTENERS - 1),
+            Owner::MetricsClient(0),
+            Owner::MetricsClient(MAX_METRICS_CLIENTS - 1),
+            Owner::Worker(0),
+            Owner::Worker(MAX_WORKERS - 1),
             Owner::Session(0),
             Owner::Session(LAST_SESSION),
         ];

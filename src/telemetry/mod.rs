@@ -2,8 +2,10 @@
 //! they are shown in (`report`), and systemd's notifications (`notify`), with the one
 //! schedule they share (periodic stats lines and watchdog pings).
 
-mod notify;
-mod report;
+pub mod exposition;
+pub(crate) mod notify;
+pub mod process;
+pub(crate) mod report;
 pub mod stats;
 
 use std::time::{Duration, Instant};

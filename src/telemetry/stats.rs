@@ -65,7 +65,11 @@ impl RejectReason {
 }
 
 /// Counters kept by the loop. All are totals since start unless the name says otherwise.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Read back from JSON (a worker's answer to its master) by field name; the derived
+/// totals the JSON also carries (`closed`, `rejected`, `udp_dropped`) are ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
 pub struct Stats {
     /// Connections accepted and served (rejected ones are not counted here).
     pub accepted: u64,
@@ -218,6 +222,16 @@ impl Stats {
         self.peak_active = self.peak_active.max(self.active);
     }
 
+    /// The counters alone, the gauges (what is open or owed now) zeroed: what a worker
+    /// that is gone still contributes to its master's totals.
+    pub fn counters_only(&self) -> Stats {
+        Stats {
+            active: 0,
+            pending_bytes: 0,
+            ..self.clone()
+        }
+    }
+
     /// Every counter by name, in a fixed order: the one list both output formats use.
     pub fn fields(&self) -> [(&'static str, u64); 42] {
         [
@@ -264,6 +278,94 @@ impl Stats {
             ("udp_dropped_error", self.udp_dropped_error),
             ("udp_unanswered_short", self.udp_unanswered_short),
         ]
+    }
+}
+
+/// Several loops' counters as one (a master summing its workers). Peaks are the largest
+/// of each, not a sum: no two workers' peaks need have come at the same moment.
+impl std::ops::AddAssign<&Stats> for Stats {
+    fn add_assign(&mut self, other: &Stats) {
+        // Named one by one, without `..`: a new counter does not compile until it is summed.
+        let Stats {
+            accepted,
+            rejected_max_connections,
+            rejected_per_ip,
+            rejected_descriptors,
+            active,
+            peak_active,
+            closed_eof,
+            closed_reset,
+            closed_error,
+            closed_idle,
+            closed_stall,
+            closed_shutdown,
+            closed_handshake_timeout,
+            tls_handshakes,
+            tls_handshakes_failed,
+            ws_messages_in,
+            ws_messages_out,
+            ws_closes_received,
+            ws_closed_protocol,
+            ws_closed_invalid_utf8,
+            ws_closed_too_big,
+            bytes_in,
+            bytes_out,
+            pending_bytes,
+            peak_pending_bytes,
+            peak_pending_connection,
+            accept_errors,
+            loop_iterations,
+            events,
+            udp_datagrams_in,
+            udp_bytes_in,
+            udp_datagrams_out,
+            udp_bytes_out,
+            udp_dropped_guard,
+            udp_dropped_rate,
+            udp_dropped_oversize,
+            udp_dropped_queue_full,
+            udp_dropped_error,
+            udp_unanswered_short,
+        } = *other;
+        self.accepted += accepted;
+        self.rejected_max_connections += rejected_max_connections;
+        self.rejected_per_ip += rejected_per_ip;
+        self.rejected_descriptors += rejected_descriptors;
+        self.active += active;
+        self.closed_eof += closed_eof;
+        self.closed_reset += closed_reset;
+        self.closed_error += closed_error;
+        self.closed_idle += closed_idle;
+        self.closed_stall += closed_stall;
+        self.closed_shutdown += closed_shutdown;
+        self.closed_handshake_timeout += closed_handshake_timeout;
+        self.tls_handshakes += tls_handshakes;
+        self.tls_handshakes_failed += tls_handshakes_failed;
+        self.ws_messages_in += ws_messages_in;
+        self.ws_messages_out += ws_messages_out;
+        self.ws_closes_received += ws_closes_received;
+        self.ws_closed_protocol += ws_closed_protocol;
+        self.ws_closed_invalid_utf8 += ws_closed_invalid_utf8;
+        self.ws_closed_too_big += ws_closed_too_big;
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+        self.pending_bytes += pending_bytes;
+        self.accept_errors += accept_errors;
+        self.loop_iterations += loop_iterations;
+        self.events += events;
+        self.udp_datagrams_in += udp_datagrams_in;
+        self.udp_bytes_in += udp_bytes_in;
+        self.udp_datagrams_out += udp_datagrams_out;
+        self.udp_bytes_out += udp_bytes_out;
+        self.udp_dropped_guard += udp_dropped_guard;
+        self.udp_dropped_rate += udp_dropped_rate;
+        self.udp_dropped_oversize += udp_dropped_oversize;
+        self.udp_dropped_queue_full += udp_dropped_queue_full;
+        self.udp_dropped_error += udp_dropped_error;
+        self.udp_unanswered_short += udp_unanswered_short;
+        self.peak_active = self.peak_active.max(peak_active);
+        self.peak_pending_bytes = self.peak_pending_bytes.max(peak_pending_bytes);
+        self.peak_pending_connection = self.peak_pending_connection.max(peak_pending_connection);
     }
 }
 
