@@ -77,7 +77,9 @@ pub struct Master {
     /// `READY=1` has been sent (it is sent once, not again for replacements).
     ready_sent: bool,
     next_ask: Instant,
-    /// The master's own arguments, which each worker is started with.
+    /// The binary and arguments each worker is started with: the master's own, the path
+    /// read once at start (later, `/proc/self/exe` may name a file replaced since).
+    exe: std::path::PathBuf,
     args: Vec<OsString>,
     now: Instant,
 }
@@ -112,6 +114,7 @@ impl Master {
             state: State::Serving,
             ready_sent: false,
             next_ask: now + ASK_EVERY,
+            exe: std::env::current_exe()?,
             args: std::env::args_os().skip(1).collect(),
             now,
         })
@@ -204,7 +207,7 @@ impl Master {
             parent_fd: theirs.into(),
             child_fd: link_fd,
         });
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = Command::new(&self.exe);
         command
             .args(&self.args)
             .env("LISTEN_FDS", count.to_string())
