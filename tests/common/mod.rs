@@ -21,6 +21,8 @@ pub struct TestServer {
     pub tls_addrs: Vec<SocketAddr>,
     /// The WebSocket listeners' addresses, and whether each is `wss:`.
     pub ws_addrs: Vec<(SocketAddr, bool)>,
+    /// The `--metrics` endpoint's addresses, if one was asked for.
+    pub metrics_addrs: Vec<SocketAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<io::Result<Stats>>>,
 }
@@ -38,6 +40,7 @@ impl TestServer {
         let udp_addrs = server.local_udp_addrs();
         let tls_addrs = server.local_tls_addrs();
         let ws_addrs = server.local_ws_addrs();
+        let metrics_addrs = server.local_metrics_addrs();
         let handle = server.handle();
         let thread = std::thread::spawn(move || server.run());
         TestServer {
@@ -45,6 +48,7 @@ impl TestServer {
             udp_addrs,
             tls_addrs,
             ws_addrs,
+            metrics_addrs,
             handle,
             thread: Some(thread),
         }
@@ -400,4 +404,25 @@ pub fn loadgen(addr: impl ToString, args: &[&str]) -> (std::process::Output, Str
         .unwrap();
     let json = String::from_utf8(out.stdout.clone()).unwrap();
     (out, json)
+}
+
+/// A program a test runs as a real peer: on `PATH`, or in the venv CI makes
+/// (`target/ci-venv/bin`). Missing, it fails the test under CI (which installs it) and
+/// skips it elsewhere, saying so.
+#[allow(dead_code)]
+pub fn peer_tool(name: &str) -> Option<std::path::PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::iter::once(venv)
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have {name} (.ci/run installs it)"
+        );
+        eprintln!("skipped: {name} is not installed");
+    }
+    found
 }
