@@ -24,7 +24,12 @@
 //! - [`listen`]: where sockets come from: `HOST:PORT`, `udp:HOST:PORT`, `unix:PATH`,
 //!   `unix:@NAME`, or sockets inherited from systemd; all end as the same non-blocking
 //!   [`listen::Listener`] or [`listen::Datagram`].
-//! - [`telemetry`]: the counters ([`Stats`]), the report lines, systemd's notifications.
+//! - [`telemetry`]: the counters ([`Stats`]), the report lines, systemd's notifications,
+//!   the Prometheus exposition (`telemetry::exposition`) and `process_*` readings.
+//! - `metrics`: `--metrics`, a small HTTP/1.1 endpoint (`/metrics`, `/health`) on the
+//!   same loop, with its own tokens and a bounded state machine per client.
+//! - [`workers`]: `--workers N`: the master (binds, starts, replaces and signals the
+//!   workers; serves their summed metrics) and the control link each worker answers on.
 //! - [`readiness`]: `would_block`, `interrupted`, and every way mio's selectors differ.
 //! - `ratelimit`: one warning a second for floods of the same complaint.
 //! - [`config`]: validated settings and their defaults; [`cli`]: the flags that build them.
