@@ -98,7 +98,9 @@ impl ProcessSample {
 fn count_open_fds(dir: &str) -> Option<u64> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.len() > 0 => Some(meta.len()),
-        Ok(_) => std::fs::read_dir(dir).ok().map(|entries| entries.count() as u64),
+        Ok(_) => std::fs::read_dir(dir)
+            .ok()
+            .map(|entries| entries.count() as u64),
         Err(_) => None,
     }
 }
