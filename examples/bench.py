@@ -19,6 +19,8 @@ p99 latency, peak RSS, and RSS per idle connection.
                                                      # both at the same moment (see run_together)
     python3 examples/bench.py --echod-b /tmp/echod-before --scenarios u1 --udp-servers echod c-udp
                                                      # A/B: this build against another
+    python3 examples/bench.py --servers echod echod-w1 echod-scraped echod-w2 --scenarios 10kx64 \
+        --no-strace                                  # --workers 1, /metrics scraped, --workers 2
 
 `--sweep` runs 64 B ping-pong at each of --sweep-points connections for echod, the
 references and echod-poll (echod on mio's poll(2) selector, built in target/poll), and
@@ -39,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,8 +105,14 @@ UDP_SCENARIOS = ["u1", "u2", "u3", "u4"]
 CLOSED_LOOP = ["100x64", "10kx64", "16k", "pipe8", "t100x64", "t16k", "w100x64", "w16k",
                "wss100x64"] + UDP_SCENARIOS
 UDP_SERVERS = ["echod", "c-udp", "c-udp-mmsg", "c-udp-gso", "tokio-udp"]
+# echod run as issue 17's rows: `--workers 1` (no master: the single process), a single
+# echod scraped on --metrics once a second, and `--workers 2` (master and two workers).
+WORKER_SERVERS = {"echod-w1": ["--workers", "1"], "echod-scraped": [],
+                  "echod-w2": ["--workers", "2"]}
+# --metrics listens this far above the echo port (ports stay below the ephemeral range).
+METRICS_PORT_OFFSET = 10000
 # Servers built from this checkout: they need nothing from ../shared/bench.
-OWN_SERVERS = ["echod", "echod-b", "echod-poll"]
+OWN_SERVERS = ["echod", "echod-b", "echod-poll"] + list(WORKER_SERVERS)
 # The figures that matter per scenario: (cost key, rate key, rate label).
 PER_CONNECTION = ("server_cpu_us_per_conn", "conns_per_s", "conns/s")
 PER_MESSAGE = ("server_cpu_us_per_msg", "msgs_per_s", "msgs/s")
@@ -153,18 +162,27 @@ class Server:
     """One server process, pinned to core 0, listening on 127.0.0.1:port."""
 
     def __init__(self, name, port, anchors, wrapper=(), extra=(), udp=False, prefix=""):
-        if name in ("echod", "echod-poll", "echod-b"):
-            binary = {"echod": ECHOD, "echod-poll": ECHOD_POLL, "echod-b": ECHOD_B}[name]
+        cores = "0"
+        self.scraper = None
+        if name in ("echod", "echod-poll", "echod-b") or name in WORKER_SERVERS:
+            binary = {"echod-poll": ECHOD_POLL, "echod-b": ECHOD_B}.get(name, ECHOD)
             kind = "udp:" if udp else prefix
             listen = f"{kind}127.0.0.1:{port}"
             command = [binary, "-qq", "--listen", listen] + list(extra)
+            command += WORKER_SERVERS.get(name, [])
+            if name == "echod-w2":
+                # Two workers get both cores: the load generator's core 1 too (what a 2-core
+                # machine can give them), so this row measures sharing, not a gain.
+                cores = "0,1"
+            if name == "echod-scraped":
+                command += ["--metrics", f"127.0.0.1:{port + METRICS_PORT_OFFSET}"]
         else:
             command = [os.path.join(anchors, "start.sh"), name, str(port)]
         command = list(wrapper) + command
         self.name = name
         self.port = port
         # start.sh execs the server, so this PID is the server's.
-        self.proc = subprocess.Popen(["taskset", "-c", "0"] + command,
+        self.proc = subprocess.Popen(["taskset", "-c", cores] + command,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while True:
@@ -183,9 +201,27 @@ class Server:
                     raise RuntimeError(f"{name} did not start on port {port}")
                 time.sleep(0.05)
 
+        if name == "echod-scraped":
+            self.scraper = Scraper(port + METRICS_PORT_OFFSET)
+        if name == "echod-w2":
+            # Serving means every worker is up: the master starts them after it binds.
+            deadline = time.monotonic() + 15
+            while len(self.pids) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+
     @property
     def pid(self):
         return self.proc.pid
+
+    @property
+    def pids(self):
+        """The server's processes: itself and, for a master, its workers (whose CPU and
+        memory loadgen adds up)."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as children:
+                return [self.pid] + [int(c) for c in children.read().split()]
+        except OSError:
+            return [self.pid]
 
     def peak_rss_kib(self):
         with open(f"/proc/{self.pid}/status") as status:
@@ -195,12 +231,40 @@ class Server:
         return None
 
     def stop(self):
+        if self.scraper:
+            self.scraper.stop()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class Scraper:
+    """GET /metrics once a second, as Prometheus would, until stopped."""
+
+    def __init__(self, port):
+        self.port = port
+        self.scrapes = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopping.wait(1.0):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
+                    conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                    while conn.recv(65536):
+                        pass
+                self.scrapes += 1
+            except OSError as err:
+                log(f"scrape of 127.0.0.1:{self.port} failed: {err}")
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=5)
 
 
 def loadgen_command(port, pids, args, duration, warmup):
@@ -219,7 +283,7 @@ def parse_loadgen(stdout, returncode, stderr):
 
 
 def loadgen(port, pid, args, duration, warmup):
-    pids = [] if pid is None else [pid]
+    pids = [] if pid is None else ([pid] if isinstance(pid, int) else list(pid))
     out = subprocess.run(loadgen_command(port, pids, args, duration, warmup),
                          capture_output=True, text=True, timeout=duration + warmup + 180)
     return parse_loadgen(out.stdout, out.returncode, out.stderr)
@@ -523,7 +587,7 @@ def main():
                 try:
                     duration = opts.duration
                     extra = ["--busy-poll"] if opts.busy_poll and scenario in CLOSED_LOOP else []
-                    result = loadgen(port, server.pid, args + extra, duration, opts.warmup)
+                    result = loadgen(port, server.pids, args + extra, duration, opts.warmup)
                     result["peak_rss_kib"] = server.peak_rss_kib()
                 finally:
                     server.stop()

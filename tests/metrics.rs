@@ -330,3 +330,29 @@ fn a_stopped_loop_fails_its_health_check() {
             .starts_with("HTTP/1.1 200")
     );
 }
+
+#[test]
+fn a_metrics_address_that_is_an_echo_address_or_not_tcp_is_one_line() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    drop(holder);
+    let same = format!("127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_echod"))
+        .args(["-q", "--listen", &same, "--metrics", &same])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!("echod: cannot listen on --metrics {same}: Address already in use (os error 98)")
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_echod"))
+        .args(["--metrics", "unix:/tmp/metrics.sock"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("plain HTTP over TCP"), "{stderr}");
+}

@@ -451,3 +451,31 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     body.to_string()
 }
+
+#[test]
+fn a_unix_socket_is_shared_and_outlives_its_workers_but_not_the_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.sock");
+    let spec = format!("unix:{}", path.display());
+    let mut server = start_master(2, &["--listen", &spec]);
+    let log = server.wait_for_log("(shared by every worker)");
+    assert!(
+        log.contains(&format!("listening on {spec} (shared by every worker)")),
+        "{log}"
+    );
+    let path_str = path.to_str().unwrap();
+    round_trip(&mut common::connect_unix(path_str), b"over unix");
+    // A worker's death leaves the socket (and its file) to the master and the others.
+    let victim = worker_pid(&server, 1);
+    signal(victim, libc::SIGKILL);
+    server.log.wait_until("worker 1 replaced", |log| {
+        log.matches("worker 1 started (pid").count() == 2
+    });
+    assert!(path.exists());
+    for i in 0..10u64 {
+        round_trip(&mut common::connect_unix(path_str), &pattern(i, 100));
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(IO_TIMEOUT).code(), Some(0));
+    assert!(!path.exists(), "the master removes the socket file it made");
+}
