@@ -479,3 +479,99 @@ fn a_unix_socket_is_shared_and_outlives_its_workers_but_not_the_master() {
     assert_eq!(server.wait_exit(IO_TIMEOUT).code(), Some(0));
     assert!(!path.exists(), "the master removes the socket file it made");
 }
+
+#[test]
+fn the_watchdog_pings_only_while_every_worker_answers_and_status_is_summed() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&notify_path).unwrap();
+    let mut command = Command::new(ECHOD);
+    command
+        .args(["--listen", "127.0.0.1:0", "--workers", "2"])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000");
+    let server = BinaryServer::spawn(command);
+    // Read every notification as it comes, as systemd does, each with when it came.
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
+    {
+        let heard = Arc::clone(&heard);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = systemd.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).to_string();
+                heard.lock().unwrap().push((Instant::now(), message));
+            }
+        });
+    }
+    let pings_since = |since: Instant| -> Vec<(Instant, String)> {
+        let heard = heard.lock().unwrap();
+        heard
+            .iter()
+            .filter(|(at, m)| *at >= since && m.starts_with("WATCHDOG=1"))
+            .cloned()
+            .collect()
+    };
+    let started = Instant::now();
+    for i in 0..6u64 {
+        round_trip(&mut server.connect(), &pattern(i, 100));
+    }
+    // A ping whose status has the counters summed over both workers.
+    wait_within(Duration::from_secs(5), || {
+        let pings = pings_since(started);
+        match pings
+            .iter()
+            .find(|(_, m)| m.contains("6 accepted, 600 bytes in"))
+        {
+            Some(_) => Ok(()),
+            None => Err(format!("no ping with the summed counters: {pings:?}")),
+        }
+    });
+    // A stopped worker stops the pings (systemd would restart the whole service) until
+    // the master has replaced it.
+    let frozen = worker_pid(&server, 0);
+    signal(frozen, libc::SIGSTOP);
+    let log = server.wait_for_log(&format!("worker 0 (pid {frozen}) has not answered"));
+    let noticed = Instant::now();
+    assert!(log.contains("all 2 workers are serving"), "{log}");
+    server
+        .log
+        .wait_until("worker 0 replaced and serving", |log| {
+            log.matches("worker 0 started (pid").count() == 2
+                && log.matches("worker 0 (pid").count() >= 4
+        });
+    let replaced = Instant::now();
+    let resumed = wait_within(IO_TIMEOUT, || match pings_since(replaced).first() {
+        Some((at, _)) => Ok(*at),
+        None => Err("no ping after the replacement".to_string()),
+    });
+    // The pings stopped once the worker missed a question (1.5 s after its last answer),
+    // well before the master gave up on it (3 s) and killed it.
+    let last_before = pings_since(started)
+        .into_iter()
+        .filter(|(at, _)| *at < noticed)
+        .map(|(at, _)| at)
+        .max()
+        .unwrap();
+    let silence = noticed.duration_since(last_before);
+    assert!(
+        silence >= Duration::from_millis(1000),
+        "pinged until {silence:?} before the master noticed"
+    );
+    assert!(resumed >= replaced);
+}
+
+#[test]
+fn sigusr1_to_the_master_reports_the_sum_and_every_worker_reports_its_own() {
+    let server = start_master(2, &[]);
+    round_trip(&mut server.connect(), b"counted");
+    server.signal(libc::SIGUSR1);
+    let log = server.log.wait_until("three stats lines", |log| {
+        log.contains("stats (all workers)")
+            && log.matches(" worker 0] stats ").count() == 1
+            && log.matches(" worker 1] stats ").count() == 1
+    });
+    assert!(
+        log.contains("stats (all workers) 0 connections open"),
+        "{log}"
+    );
+}

@@ -20,6 +20,9 @@ use crate::telemetry::stats::Stats;
 pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 /// How often the master asks each worker for its counters (and so whether it is alive).
 pub(crate) const ASK_EVERY: Duration = Duration::from_secs(1);
+/// A worker whose last answer is older than this has missed a question: it no longer
+/// counts as up (no systemd watchdog ping, `/health` 503) though it is not killed yet.
+const LATE_AFTER: Duration = Duration::from_millis(1500);
 /// A worker that lived at least this long did not die "at once": its slot's backoff resets.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// The longest wait before refilling a slot whose workers keep dying at once.
@@ -105,11 +108,11 @@ impl Slot {
         total
     }
 
-    /// Up: running, ready, and answering.
+    /// Up: running, ready, and answering (its last answer is recent enough).
     pub(crate) fn is_up(&self, now: Instant) -> bool {
-        self.running.as_ref().is_some_and(|r| {
-            r.ready && !r.killed && now.duration_since(r.answered_at) < ANSWER_WITHIN
-        })
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.ready && !r.killed && now.duration_since(r.answered_at) < LATE_AFTER)
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
