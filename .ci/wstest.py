@@ -18,7 +18,7 @@ from collections import Counter
 
 
 def main():
-    echod, wstest = sys.argv[1], sys.argv[2]
+    echod, wstest = sys.argv[1], os.path.abspath(sys.argv[2])
     server = subprocess.Popen([echod, "--listen", "ws:127.0.0.1:0", "--listen", "wss:127.0.0.1:0"],
                               stderr=subprocess.PIPE, text=True,
                               env=dict(os.environ, RUST_LOG="info"))

@@ -575,3 +575,24 @@ fn sigusr1_to_the_master_reports_the_sum_and_every_worker_reports_its_own() {
         "{log}"
     );
 }
+
+#[test]
+fn a_worker_that_will_not_stop_is_killed_after_the_shutdown_timeout() {
+    let mut server = start_master(2, &["--shutdown-timeout", "0.2"]);
+    let pids = [worker_pid(&server, 0), worker_pid(&server, 1)];
+    // A stopped process cannot act on SIGTERM: only SIGKILL ends it.
+    signal(pids[1], libc::SIGSTOP);
+    let asked = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(IO_TIMEOUT).code(), Some(0));
+    let took = asked.elapsed();
+    wait_gone(&pids, Duration::from_secs(1));
+    let log = server.log.wait_for("every worker has exited");
+    assert!(
+        log.contains("worker 1 did not stop in time: killing it")
+            || log.contains("has not answered"),
+        "{log}"
+    );
+    // --shutdown-timeout (0.2 s) plus the 2 s grace, and not much more.
+    assert!(took < Duration::from_secs(4), "exited after {took:?}");
+}
