@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use common::{BinaryServer, IO_TIMEOUT, LogLines, pattern, peer_tool, wait_within};
+use common::{BinaryServer, IO_TIMEOUT, LogLines, echoed, pattern, peer_tool, wait_within};
 
 fn contrib(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -55,19 +54,6 @@ impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn echoed(addr: SocketAddr, message: &[u8]) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.write_all(message).map_err(|e| e.to_string())?;
-    let mut back = vec![0u8; message.len()];
-    stream.read_exact(&mut back).map_err(|e| e.to_string())?;
-    if back == message {
-        Ok(())
-    } else {
-        Err("different bytes".to_string())
     }
 }
 

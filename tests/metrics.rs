@@ -6,10 +6,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BinaryServer, TestServer, pattern, peer_tool, round_trip, wait_within};
+use common::{
+    BinaryServer, TestServer, metrics_addr, pattern, peer_tool, round_trip, run_with_stdin,
+    wait_within,
+};
 use echod::Config;
 
 fn server_with_metrics() -> (TestServer, SocketAddr) {
@@ -41,21 +44,9 @@ fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (String, String) {
 
 /// Runs `python` with `script`, `text` on stdin; its stdout.
 fn python(script: &str, text: &str) -> Option<String> {
-    let python = peer_tool("python")?;
-    let mut child = Command::new(python)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut command = Command::new(peer_tool("python")?);
+    command.args(["-c", script]);
+    let out = run_with_stdin(command, text);
     assert!(
         out.status.success(),
         "the parser refused it: {}\n{text}",
@@ -155,20 +146,9 @@ fn promtool_accepts_the_exposition() {
     let (server, metrics) = server_with_metrics();
     round_trip(&mut server.connect(), b"so that something was counted");
     let (_, text) = get(metrics, "/metrics", None);
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut command = Command::new(promtool);
+    command.args(["check", "metrics"]);
+    let out = run_with_stdin(command, &text);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -297,14 +277,7 @@ fn clients_beyond_the_cap_are_turned_away_and_the_rest_served() {
 #[test]
 fn a_stopped_loop_fails_its_health_check() {
     let server = BinaryServer::start(&["--metrics", "127.0.0.1:0"]);
-    let log = server.wait_for_log("metrics on http://");
-    let metrics: SocketAddr = log
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let metrics = metrics_addr(&server);
     let probe = |within: Duration| -> Option<String> {
         let mut stream = TcpStream::connect(metrics).ok()?;
         stream.set_read_timeout(Some(within)).unwrap();

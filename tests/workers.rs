@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BinaryServer, IO_TIMEOUT, pattern, round_trip, wait_within};
+use common::{BinaryServer, IO_TIMEOUT, echoed, metrics_addr, pattern, round_trip, wait_within};
 
 const ECHOD: &str = env!("CARGO_BIN_EXE_echod");
 
@@ -103,19 +103,6 @@ fn both_workers_serve_one_port_and_the_master_exits_zero() {
         accepted.iter().all(|&n| n > 0),
         "one worker took all: {accepted:?}"
     );
-}
-
-/// One connection: send `message`, read back exactly as much; whether it came back whole.
-fn echoed(addr: SocketAddr, message: &[u8]) -> Result<(), String> {
-    let mut stream = common::connect(addr);
-    stream.write_all(message).map_err(|e| e.to_string())?;
-    let mut back = vec![0u8; message.len()];
-    stream.read_exact(&mut back).map_err(|e| e.to_string())?;
-    if back == message {
-        Ok(())
-    } else {
-        Err("different bytes came back".to_string())
-    }
 }
 
 #[test]
@@ -417,12 +404,6 @@ fn bad_worker_counts_and_a_port_in_use_are_one_line_each() {
 }
 
 // ---- a little HTTP, enough for /metrics and /health ----
-
-fn metrics_addr(server: &BinaryServer) -> SocketAddr {
-    let log = server.wait_for_log("metrics on http://");
-    let rest = log.split("metrics on http://").nth(1).unwrap();
-    rest.split('/').next().unwrap().parse().unwrap()
-}
 
 /// The status of `GET path`, or 0 if nothing answered within a second.
 fn http_status(addr: SocketAddr, path: &str) -> u16 {

@@ -100,8 +100,24 @@ impl MetricsEndpoint {
         self.listeners.iter().map(|(_, addr)| *addr).collect()
     }
 
+    /// An event for one of the endpoint's tokens: a listener to accept from, or a client
+    /// to move along (`exporter` answers its scrape).
+    pub(crate) fn on_event(
+        &mut self,
+        owner: Owner,
+        registry: &Registry,
+        now: Instant,
+        exporter: &mut dyn Exporter,
+    ) {
+        match owner {
+            Owner::MetricsListener(index) => self.accept(index, registry, now),
+            Owner::MetricsClient(key) => self.serve(key, registry, now, exporter),
+            _ => {}
+        }
+    }
+
     /// Listener `index` is readable: take every waiting client.
-    pub(crate) fn accept(&mut self, index: usize, registry: &Registry, now: Instant) {
+    fn accept(&mut self, index: usize, registry: &Registry, now: Instant) {
         let Some((listener, _)) = self.listeners.get(index) else {
             return;
         };
@@ -142,7 +158,7 @@ impl MetricsEndpoint {
     }
 
     /// Client `key` is readable or writable: move it along.
-    pub(crate) fn serve(
+    fn serve(
         &mut self,
         key: usize,
         registry: &Registry,

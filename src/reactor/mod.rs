@@ -296,20 +296,12 @@ impl EventLoop {
 
     /// A metrics listener or client is ready.
     fn serve_metrics(&mut self, owner: Owner) {
-        let Some(metrics) = self.metrics.as_mut() else {
-            return;
-        };
-        let registry = self.poll.registry();
-        match owner {
-            Owner::MetricsListener(index) => metrics.accept(index, registry, self.now),
-            Owner::MetricsClient(key) => {
-                let mut exporter = LoopExporter {
-                    stats: &mut self.stats,
-                    udp: &mut self.udp,
-                };
-                metrics.serve(key, registry, self.now, &mut exporter);
-            }
-            _ => {}
+        if let Some(metrics) = self.metrics.as_mut() {
+            let mut exporter = LoopExporter {
+                stats: &mut self.stats,
+                udp: &mut self.udp,
+            };
+            metrics.on_event(owner, self.poll.registry(), self.now, &mut exporter);
         }
     }
 

@@ -464,20 +464,12 @@ impl Master {
     }
 
     fn serve_metrics(&mut self, owner: Owner) {
-        let Some(metrics) = self.metrics.as_mut() else {
-            return;
-        };
-        let registry = self.poll.registry();
-        match owner {
-            Owner::MetricsListener(index) => metrics.accept(index, registry, self.now),
-            Owner::MetricsClient(key) => {
-                let mut exporter = MasterExporter {
-                    slots: &self.slots,
-                    now: self.now,
-                };
-                metrics.serve(key, registry, self.now, &mut exporter);
-            }
-            _ => {}
+        if let Some(metrics) = self.metrics.as_mut() {
+            let mut exporter = MasterExporter {
+                slots: &self.slots,
+                now: self.now,
+            };
+            metrics.on_event(owner, self.poll.registry(), self.now, &mut exporter);
         }
     }
 

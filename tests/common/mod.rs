@@ -426,3 +426,46 @@ pub fn peer_tool(name: &str) -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// One short connection: sends `message`, reads back exactly as many bytes; `Err` says
+/// what went wrong (for tests that count failures rather than stop at the first).
+#[allow(dead_code)]
+pub fn echoed(addr: SocketAddr, message: &[u8]) -> Result<(), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(message).map_err(|e| e.to_string())?;
+    let mut back = vec![0u8; message.len()];
+    stream.read_exact(&mut back).map_err(|e| e.to_string())?;
+    if back == message {
+        Ok(())
+    } else {
+        Err("different bytes came back".to_string())
+    }
+}
+
+/// Where a binary echod serves `--metrics`, from its `metrics on http://ADDR/metrics` line.
+#[allow(dead_code)]
+pub fn metrics_addr(server: &BinaryServer) -> SocketAddr {
+    let log = server.wait_for_log("metrics on http://");
+    let rest = log.split("metrics on http://").nth(1).unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+/// Runs `command` with `input` on its stdin; its output (stdout and stderr captured).
+#[allow(dead_code)]
+pub fn run_with_stdin(mut command: std::process::Command, input: &str) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
