@@ -39,6 +39,9 @@ use crate::readiness::{interrupted, would_block};
 const REQUEST_LIMIT: usize = 8 * 1024;
 /// tungstenite's read buffer per connection: small, since an idle connection keeps it.
 const READ_BUFFER: usize = 2 * 1024;
+/// The most one socket read takes for tungstenite (into the echo's shared buffer, the
+/// rest kept in `Carry`): a 16 KiB message in one `recv`, not eight of `READ_BUFFER`.
+const STAGE_LIMIT: usize = 32 * 1024;
 /// Bytes of frames tungstenite may hold unsent before `write` takes nothing more.
 const WRITE_BUFFER_LIMIT: usize = 64 * 1024;
 
@@ -142,6 +145,40 @@ struct OwedMessage {
     sent: usize,
 }
 
+/// Bytes read from the socket beyond what tungstenite asked for, handed to it before the
+/// socket is read again. Allocated only while it holds bytes (an idle connection has none)
+/// and never more than one socket read, `STAGE_LIMIT`.
+#[derive(Debug, Default)]
+struct Carry {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl Carry {
+    fn is_empty(&self) -> bool {
+        self.at == self.bytes.len()
+    }
+
+    /// Moves what fits into `dst`; frees the buffer once it is all handed over.
+    fn take_into(&mut self, dst: &mut [u8]) -> usize {
+        let n = (self.bytes.len() - self.at).min(dst.len());
+        dst[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        if self.is_empty() {
+            *self = Carry::default();
+        }
+        n
+    }
+
+    fn keep(&mut self, rest: &[u8]) {
+        debug_assert!(self.is_empty());
+        if !rest.is_empty() {
+            self.bytes = rest.to_vec();
+            self.at = 0;
+        }
+    }
+}
+
 /// One WebSocket connection over `W`.
 pub(crate) struct WsStream<W: Wire> {
     wire: W,
@@ -172,34 +209,53 @@ pub(crate) struct WsStream<W: Wire> {
     peer_fin: bool,
     /// Counted since the server last asked (see `take_counts`).
     counts: LayerCounts,
+    /// Read from the socket, not yet taken by tungstenite.
+    carry: Carry,
 }
 
-/// The wire as tungstenite reads it: notes a short read, or (`refuse`) reads nothing and
-/// says `WouldBlock`, so that tungstenite answers from what it holds.
+/// The wire as tungstenite reads it: bytes carried over first; then, unless `refuse` (say
+/// `WouldBlock`, so that tungstenite answers from what it holds), one socket read into
+/// `stage` (the echo's shared buffer, free until the payload is copied into it) of as much
+/// as has arrived, the part tungstenite did not ask for carried. Notes a short read.
 struct Probe<'a, W> {
     wire: &'a mut W,
     refuse: bool,
     short: bool,
+    stage: &'a mut [u8],
+    carry: &'a mut Carry,
 }
 
 impl<'a, W> Probe<'a, W> {
-    fn new(wire: &'a mut W, refuse: bool) -> Self {
+    fn new(wire: &'a mut W, refuse: bool, stage: &'a mut [u8], carry: &'a mut Carry) -> Self {
         Probe {
             wire,
             refuse,
             short: false,
+            stage,
+            carry,
         }
     }
 }
 
 impl<W: Read> Read for Probe<'_, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.carry.is_empty() {
+            return Ok(self.carry.take_into(buf));
+        }
         if self.refuse {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = self.wire.read(buf)?;
-        self.short = n > 0 && n < buf.len();
-        Ok(n)
+        if self.stage.len() <= buf.len() {
+            let n = self.wire.read(buf)?;
+            self.short = n > 0 && n < buf.len();
+            return Ok(n);
+        }
+        let n = self.wire.read(self.stage)?;
+        self.short = n > 0 && n < self.stage.len();
+        let given = n.min(buf.len());
+        buf[..given].copy_from_slice(&self.stage[..given]);
+        self.carry.keep(&self.stage[given..n]);
+        Ok(given)
     }
 }
 
@@ -240,6 +296,7 @@ impl<W: Wire> WsStream<W> {
             drained: false,
             peer_fin: false,
             counts: LayerCounts::default(),
+            carry: Carry::default(),
         }
     }
 
@@ -413,7 +470,13 @@ impl<W: Wire> WsStream<W> {
             let next = match self.read_ahead.pop_front() {
                 Some(next) => next,
                 None => {
-                    let mut probe = Probe::new(&mut self.wire, false);
+                    let stage_len = buf.len().min(STAGE_LIMIT);
+                    let mut probe = Probe::new(
+                        &mut self.wire,
+                        false,
+                        &mut buf[..stage_len],
+                        &mut self.carry,
+                    );
                     let next = ctx.read(&mut probe);
                     self.last_read_short = probe.short;
                     next
@@ -499,7 +562,7 @@ impl<W: Wire> WsStream<W> {
         let Stage::Open(ctx) = &mut self.stage else {
             return;
         };
-        let mut probe = Probe::new(&mut self.wire, true);
+        let mut probe = Probe::new(&mut self.wire, true, &mut [], &mut self.carry);
         match ctx.read(&mut probe) {
             Err(tungstenite::Error::Io(err)) if would_block(&err) => self.drained = true,
             other => self.read_ahead.push_back(other),
@@ -514,7 +577,10 @@ impl<W: Wire> WsStream<W> {
 
     /// Whether the read just made left nothing unread, here or in the socket.
     pub(crate) fn drained(&self) -> bool {
-        self.drained && self.reading.is_none() && self.read_ahead.is_empty()
+        self.drained
+            && self.reading.is_none()
+            && self.read_ahead.is_empty()
+            && self.carry.is_empty()
     }
 
     /// The peer's FIN was reported: every read goes to the socket from now on.
