@@ -171,8 +171,8 @@ impl Carry {
     }
 
     fn keep(&mut self, rest: &[u8]) {
-        debug_assert!(self.is_empty());
         if !rest.is_empty() {
+            debug_assert!(self.is_empty(), "a socket read while bytes were carried");
             self.bytes = rest.to_vec();
             self.at = 0;
         }
@@ -216,12 +216,16 @@ pub(crate) struct WsStream<W: Wire> {
 /// The wire as tungstenite reads it: bytes carried over first; then, unless `refuse` (say
 /// `WouldBlock`, so that tungstenite answers from what it holds), one socket read into
 /// `stage` (the echo's shared buffer, free until the payload is copied into it) of as much
-/// as has arrived, the part tungstenite did not ask for carried. Notes a short read.
+/// as has arrived, handed to tungstenite piece by piece as it asks. What it has not taken
+/// when the read is over is carried (`finish`): usually nothing, a message in one read.
+/// Notes a short read.
 struct Probe<'a, W> {
     wire: &'a mut W,
     refuse: bool,
     short: bool,
     stage: &'a mut [u8],
+    /// The part of `stage` read but not yet handed over.
+    staged: std::ops::Range<usize>,
     carry: &'a mut Carry,
 }
 
@@ -232,8 +236,15 @@ impl<'a, W> Probe<'a, W> {
             refuse,
             short: false,
             stage,
+            staged: 0..0,
             carry,
         }
+    }
+
+    /// Keeps what tungstenite did not take (the stage is about to be overwritten).
+    fn finish(self) -> bool {
+        self.carry.keep(&self.stage[self.staged]);
+        self.short
     }
 }
 
@@ -242,20 +253,23 @@ impl<W: Read> Read for Probe<'_, W> {
         if !self.carry.is_empty() {
             return Ok(self.carry.take_into(buf));
         }
-        if self.refuse {
-            return Err(io::ErrorKind::WouldBlock.into());
+        if self.staged.is_empty() {
+            if self.refuse {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            if self.stage.len() <= buf.len() {
+                let n = self.wire.read(buf)?;
+                self.short = n > 0 && n < buf.len();
+                return Ok(n);
+            }
+            let n = self.wire.read(self.stage)?;
+            self.short = n > 0 && n < self.stage.len();
+            self.staged = 0..n;
         }
-        if self.stage.len() <= buf.len() {
-            let n = self.wire.read(buf)?;
-            self.short = n > 0 && n < buf.len();
-            return Ok(n);
-        }
-        let n = self.wire.read(self.stage)?;
-        self.short = n > 0 && n < self.stage.len();
-        let given = n.min(buf.len());
-        buf[..given].copy_from_slice(&self.stage[..given]);
-        self.carry.keep(&self.stage[given..n]);
-        Ok(given)
+        let n = self.staged.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.stage[self.staged.start..self.staged.start + n]);
+        self.staged.start += n;
+        Ok(n)
     }
 }
 
@@ -478,7 +492,7 @@ impl<W: Wire> WsStream<W> {
                         &mut self.carry,
                     );
                     let next = ctx.read(&mut probe);
-                    self.last_read_short = probe.short;
+                    self.last_read_short = probe.finish();
                     next
                 }
             };
