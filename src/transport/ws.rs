@@ -16,7 +16,9 @@
 //! owed, and a client that never reads stops being read.
 //!
 //! The traps avoided (see tungstenite's issues): its read buffer is sized small
-//! (`READ_BUFFER`), not 128 KiB; its write buffer is bounded, and nothing is written into it
+//! (`READ_BUFFER`), not 128 KiB, and since it reads no more than that per call, the
+//! socket is read into the echo's own buffer instead (`Probe`, `Carry`): one `recv` per
+//! message, however many reads tungstenite makes of it; its write buffer is bounded, and nothing is written into it
 //! while a flush is pending; a `Write` that cannot take bytes says `WouldBlock`, never
 //! `Ok(0)`; and `read` can say `WouldBlock` because a pong could not be flushed, which
 //! `wants().write` then reports.
