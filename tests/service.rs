@@ -401,8 +401,7 @@ fn reuse_port_against_a_port_held_without_it_is_one_clear_line() {
         stderr.trim_end(),
         format!(
             "echod: cannot listen on {}: Address already in use (os error 98) \
-             (SO_REUSEPORT, set by --reuse-port and --workers, shares a port only \
-             with sockets that also set it)",
+             (--reuse-port shares a port only with sockets that also set it)",
             holder.addr
         )
     );

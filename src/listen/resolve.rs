@@ -37,8 +37,7 @@ pub(super) fn bind_resolved<T>(
             }
             Err(err) if options.reuse_port && err.raw_os_error() == Some(libc::EADDRINUSE) => {
                 let hint = format!(
-                    "{err} (SO_REUSEPORT, set by --reuse-port and --workers, shares a port only \
-                     with sockets that also set it)"
+                    "{err} (--reuse-port shares a port only with sockets that also set it)"
                 );
                 return Err(ListenError::new(
                     target.addr,

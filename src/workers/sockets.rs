@@ -10,6 +10,10 @@
 //!
 //! Unix sockets and sockets systemd passed in cannot be multiplied that way; one of each
 //! is shared by every worker (the kernel wakes them in turn).
+//!
+//! `SO_REUSEPORT` would also let this master join a group another process already holds
+//! on the port; each address is therefore bound once without it first, so that a port in
+//! use is refused as a single echod would refuse it.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -79,46 +83,41 @@ impl SocketSets {
         } else {
             &config.listen[..]
         };
+        // First every spec is bound as a single echod would bind it, without
+        // SO_REUSEPORT: a port anyone holds, even a reuse-port group (another master),
+        // fails here with "Address already in use" instead of being joined. Unix sockets
+        // are kept as they are (shared); the TCP and UDP ones only tell the exact address
+        // (port 0 gets its port here) and are closed again.
+        let probe = bind_all(specs, &config.bind_options())?;
+        let mut exact = Vec::new();
+        for listener in probe.listeners {
+            match listener.endpoint {
+                Endpoint::Tcp(_) | Endpoint::Tls(_) | Endpoint::Ws(_) | Endpoint::Wss(_) => {
+                    exact.push(listener.endpoint.to_string());
+                }
+                _ => shared.push(Held {
+                    name: protocol_name(&listener.endpoint).to_string(),
+                    socket: Socket::Stream(listener),
+                }),
+            }
+        }
+        for datagram in probe.datagrams {
+            exact.push(Endpoint::Udp(datagram.addr).to_string());
+        }
+        // Closing a listening socket frees its port at once (no TIME_WAIT for listeners).
+        // Then each slot gets its own SO_REUSEPORT socket at each of those addresses.
         let options = crate::listen::BindOptions {
             reuse_port: true,
             ..config.bind_options()
         };
-        // The first slot's sockets come from the specs as written; the others are bound at
-        // the very addresses those got (so port 0 means one port for all).
-        let first = bind_all(specs, &options)?;
-        let mut own = Vec::new();
-        let mut exact = Vec::new();
-        for listener in first.listeners {
-            let name = protocol_name(&listener.endpoint).to_string();
-            match listener.endpoint {
-                Endpoint::Tcp(_) | Endpoint::Tls(_) | Endpoint::Ws(_) | Endpoint::Wss(_) => {
-                    exact.push(listener.endpoint.to_string());
-                    own.push(Held {
-                        socket: Socket::Stream(listener),
-                        name,
-                    });
-                }
-                _ => shared.push(Held {
-                    socket: Socket::Stream(listener),
-                    name,
-                }),
-            }
-        }
-        for datagram in first.datagrams {
-            exact.push(Endpoint::Udp(datagram.addr).to_string());
-            own.push(Held {
-                socket: Socket::Datagram(datagram),
-                name: "udp".to_string(),
-            });
-        }
-        let mut per_slot = vec![own];
-        for _ in 1..config.workers {
-            let more = bind_all(&exact, &options)?;
-            let streams = more.listeners.into_iter().map(|listener| Held {
+        let mut per_slot: Vec<Vec<Held>> = Vec::with_capacity(config.workers);
+        for _ in 0..config.workers {
+            let bound = bind_all(&exact, &options)?;
+            let streams = bound.listeners.into_iter().map(|listener| Held {
                 name: protocol_name(&listener.endpoint).to_string(),
                 socket: Socket::Stream(listener),
             });
-            let datagrams = more.datagrams.into_iter().map(|datagram| Held {
+            let datagrams = bound.datagrams.into_iter().map(|datagram| Held {
                 socket: Socket::Datagram(datagram),
                 name: "udp".to_string(),
             });
