@@ -385,33 +385,26 @@ fn bad_worker_counts_and_a_port_in_use_are_one_line_each() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains("--workers"), "{stderr}");
     }
+    // A master on a port in use: one line naming it, exit 1.
+    let refused_on = |addr: &str| {
+        let out = Command::new(ECHOD)
+            .args(["--workers", "2", "--listen", addr, "-q"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("echod: cannot listen on {addr}: Address already in use (os error 98)")
+        );
+    };
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let taken = holder.local_addr().unwrap().to_string();
-    let out = Command::new(ECHOD)
-        .args(["--workers", "2", "--listen", &taken, "-q"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(
-        stderr.trim(),
-        format!("echod: cannot listen on {taken}: Address already in use (os error 98)")
-    );
+    refused_on(&holder.local_addr().unwrap().to_string());
     drop(holder);
     // A port another master holds is in use too: SO_REUSEPORT would let the second join
     // the first's group, so the master checks with a plain bind first.
     let first = start_master(2, &[]);
-    let held = first.addr.to_string();
-    let out = Command::new(ECHOD)
-        .args(["--workers", "2", "--listen", &held, "-q"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(
-        stderr.trim(),
-        format!("echod: cannot listen on {held}: Address already in use (os error 98)")
-    );
+    refused_on(&first.addr.to_string());
 }
 
 // ---- a little HTTP, enough for /metrics and /health ----
