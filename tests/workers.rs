@@ -514,9 +514,9 @@ fn the_watchdog_pings_only_while_every_worker_answers_and_status_is_summed() {
     // A stopped worker stops the pings (systemd would restart the whole service) until
     // the master has replaced it.
     let frozen = worker_pid(&server, 0);
+    let stopped = Instant::now();
     signal(frozen, libc::SIGSTOP);
     let log = server.wait_for_log(&format!("worker 0 (pid {frozen}) has not answered"));
-    let noticed = Instant::now();
     assert!(log.contains("all 2 workers are serving"), "{log}");
     server
         .log
@@ -524,25 +524,28 @@ fn the_watchdog_pings_only_while_every_worker_answers_and_status_is_summed() {
             log.matches("worker 0 started (pid").count() == 2
                 && log.matches("worker 0 (pid").count() >= 4
         });
-    let replaced = Instant::now();
-    let resumed = wait_within(IO_TIMEOUT, || match pings_since(replaced).first() {
-        Some((at, _)) => Ok(*at),
-        None => Err("no ping after the replacement".to_string()),
+    // Normally a ping every 200 ms. The longest silence after the SIGSTOP runs from when
+    // the worker missed a question (1.5 s after its last answer) until its replacement
+    // served (just after the 3 s the master waits before killing it); then pings resume.
+    let longest_gap = wait_within(IO_TIMEOUT, || {
+        let mut at = stopped;
+        let mut longest = Duration::ZERO;
+        for (ping, _) in pings_since(stopped) {
+            longest = longest.max(ping.duration_since(at));
+            at = ping;
+        }
+        if longest >= Duration::from_millis(1000) && at.elapsed() < Duration::from_secs(1) {
+            Ok(longest)
+        } else {
+            Err(format!(
+                "no long silence followed by pings yet (longest {longest:?})"
+            ))
+        }
     });
-    // The pings stopped once the worker missed a question (1.5 s after its last answer),
-    // well before the master gave up on it (3 s) and killed it.
-    let last_before = pings_since(started)
-        .into_iter()
-        .filter(|(at, _)| *at < noticed)
-        .map(|(at, _)| at)
-        .max()
-        .unwrap();
-    let silence = noticed.duration_since(last_before);
     assert!(
-        silence >= Duration::from_millis(1000),
-        "pinged until {silence:?} before the master noticed"
+        longest_gap < Duration::from_secs(4),
+        "no ping for {longest_gap:?}"
     );
-    assert!(resumed >= replaced);
 }
 
 #[test]
