@@ -51,7 +51,15 @@ impl Peer {
 }
 
 impl Drop for Peer {
+    /// SIGTERM first: nginx's master then stops its own workers (killed outright, it
+    /// would leave them running), then waits; SIGKILL only if it does not exit.
     fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory effects; the pid is our unreaped child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
