@@ -6,10 +6,10 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-use common::{BinaryServer, IO_TIMEOUT, LogLines, echoed, pattern, peer_tool, wait_within};
+use common::{BinaryServer, IO_TIMEOUT, Spawned, echoed, pattern, peer_tool, wait_within};
 
 fn contrib(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,42 +31,8 @@ fn with_addresses(config: &str, front: u16, backends: [SocketAddr; 2]) -> String
         .replace("127.0.0.1:50008", &backends[1].to_string())
 }
 
-/// A process the test started, killed when the test ends however it ends.
-struct Peer {
-    child: Child,
-    log: LogLines,
-}
-
-impl Peer {
-    fn spawn(mut command: Command) -> Peer {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the peer");
-        let log = LogLines::collect(child.stderr.take().unwrap(), |_| {});
-        Peer { child, log }
-    }
-}
-
-impl Drop for Peer {
-    /// SIGTERM first: nginx's master then stops its own workers (killed outright, it
-    /// would leave them running), then waits; SIGKILL only if it does not exit.
-    fn drop(&mut self) {
-        // SAFETY: kill(2) has no memory effects; the pid is our unreaped child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + IO_TIMEOUT;
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Two echod and HAProxy with the shipped config in front of them.
-fn haproxy_in_front() -> Option<(Peer, SocketAddr, [BinaryServer; 2])> {
+fn haproxy_in_front() -> Option<(Spawned, SocketAddr, [BinaryServer; 2])> {
     let haproxy = peer_tool("haproxy")?;
     let backends = [BinaryServer::start(&[]), BinaryServer::start(&[])];
     let front = free_port();
@@ -80,7 +46,7 @@ fn haproxy_in_front() -> Option<(Peer, SocketAddr, [BinaryServer; 2])> {
     std::fs::write(&config, text).unwrap();
     let mut command = Command::new(haproxy);
     command.arg("-db").arg("-f").arg(&config);
-    let proxy = Peer::spawn(command);
+    let proxy = Spawned::spawn(command);
     let front: SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
     wait_within(IO_TIMEOUT, || echoed(front, b"through haproxy"));
     Some((proxy, front, backends))
@@ -221,7 +187,7 @@ fn nginx_stream_balances_tcp_and_udp() {
         .arg(prefix.path())
         .arg("-c")
         .arg(&conf);
-    let _proxy = Peer::spawn(command);
+    let _proxy = Spawned::spawn(command);
     let front: SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
     wait_within(IO_TIMEOUT, || echoed(front, b"through nginx"));
     for i in 0..20u64 {

@@ -7,10 +7,10 @@ mod common;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BinaryServer, IO_TIMEOUT, LogLines, connect, connect_unix, round_trip, wait_until};
+use common::{BinaryServer, IO_TIMEOUT, Spawned, connect, connect_unix, round_trip, wait_until};
 
 const ECHOD: &str = env!("CARGO_BIN_EXE_echod");
 
@@ -41,47 +41,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A process whose stderr is collected, killed if the test ends early.
-struct Running {
-    child: std::process::Child,
-    log: LogLines,
-}
-
-impl Running {
-    fn spawn(mut command: Command) -> Running {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let log = LogLines::collect(child.stderr.take().unwrap(), |_| {});
-        Running { child, log }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-    }
-
-    #[track_caller]
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        wait_until(|| {
-            self.child
-                .try_wait()
-                .unwrap()
-                .ok_or_else(|| format!("no exit:\n{}", self.log.text()))
-        })
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `systemd-socket-activate ARGS… echod ECHOD_ARGS…` on a TCP port it binds itself (it
 /// cannot take port 0, so a free one is picked, and picked again should it be taken).
 fn activate(
@@ -89,7 +48,7 @@ fn activate(
     sockets: &[&str],
     echod_args: &[&str],
     ready_line: &str,
-) -> (Running, u16) {
+) -> (Spawned, u16) {
     for _ in 0..5 {
         let port = free_port();
         let mut command = Command::new(tool);
@@ -99,7 +58,7 @@ fn activate(
         command
             .args(["-E", "RUST_LOG=info", ECHOD])
             .args(echod_args);
-        let mut running = Running::spawn(command);
+        let mut running = Spawned::spawn(command);
         let ready = ready_line.replace("PORT", &port.to_string());
         let deadline = Instant::now() + IO_TIMEOUT;
         loop {

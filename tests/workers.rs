@@ -330,16 +330,23 @@ fn a_worker_that_keeps_dying_at_once_is_restarted_with_a_backoff() {
     assert_eq!(server.wait_exit(IO_TIMEOUT).code(), Some(0));
 }
 
-#[test]
-fn ready_is_said_once_by_the_master_alone() {
+/// A two-worker master as systemd would start it: `NOTIFY_SOCKET` (and `env`) set, the
+/// socket bound by the test. The directory holding the socket lives as long as the tuple.
+fn master_under_systemd(env: &[(&str, &str)]) -> (tempfile::TempDir, UnixDatagram, BinaryServer) {
     let dir = tempfile::tempdir().unwrap();
     let notify_path = dir.path().join("notify");
     let systemd = UnixDatagram::bind(&notify_path).unwrap();
     let mut command = Command::new(ECHOD);
     command
         .args(["--listen", "127.0.0.1:0", "--workers", "2"])
-        .env("NOTIFY_SOCKET", &notify_path);
-    let mut server = BinaryServer::spawn(command);
+        .env("NOTIFY_SOCKET", &notify_path)
+        .envs(env.iter().copied());
+    (dir, systemd, BinaryServer::spawn(command))
+}
+
+#[test]
+fn ready_is_said_once_by_the_master_alone() {
+    let (_dir, systemd, mut server) = master_under_systemd(&[]);
     systemd.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut buf = [0u8; 4096];
     let n = systemd.recv(&mut buf).unwrap();
@@ -467,15 +474,7 @@ fn a_unix_socket_is_shared_and_outlives_its_workers_but_not_the_master() {
 
 #[test]
 fn the_watchdog_pings_only_while_every_worker_answers_and_status_is_summed() {
-    let dir = tempfile::tempdir().unwrap();
-    let notify_path = dir.path().join("notify");
-    let systemd = UnixDatagram::bind(&notify_path).unwrap();
-    let mut command = Command::new(ECHOD);
-    command
-        .args(["--listen", "127.0.0.1:0", "--workers", "2"])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "400000");
-    let server = BinaryServer::spawn(command);
+    let (_dir, systemd, server) = master_under_systemd(&[("WATCHDOG_USEC", "400000")]);
     // Read every notification as it comes, as systemd does, each with when it came.
     let heard = Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
     {

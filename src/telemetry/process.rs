@@ -6,8 +6,6 @@
 //! what `getrusage` and `getrlimit` tell about the calling process is known, and the rest
 //! stays `None` (left out of the exposition rather than reported as a false zero).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 /// One reading of a process's resources.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ProcessSample {
@@ -149,16 +147,17 @@ fn own_cpu_seconds() -> Option<f64> {
     Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
-/// Now, in seconds since the Unix epoch.
-pub fn unix_now_seconds() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    fn unix_now_seconds() -> f64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    }
 
     #[test]
     fn the_open_files_limit_is_read_from_its_row() {

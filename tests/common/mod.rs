@@ -469,3 +469,56 @@ pub fn run_with_stdin(mut command: std::process::Command, input: &str) -> std::p
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// A program a test started, its stderr collected. Dropped, it gets SIGTERM and a moment
+/// to exit (nginx's master stops its own workers then; killed outright it would leave
+/// them running), and SIGKILL only if it does not.
+#[allow(dead_code)]
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub log: LogLines,
+}
+
+#[allow(dead_code)]
+impl Spawned {
+    pub fn spawn(mut command: std::process::Command) -> Spawned {
+        use std::process::Stdio;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the program");
+        let log = LogLines::collect(child.stderr.take().unwrap(), |_| {});
+        Spawned { child, log }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a valid pid and signal number has no memory effects.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Waits (with a deadline) for the program to exit; its status.
+    #[track_caller]
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        wait_until(|| {
+            self.child
+                .try_wait()
+                .unwrap()
+                .ok_or_else(|| format!("no exit:\n{}", self.log.text()))
+        })
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // SAFETY: as in `signal`; the pid is our child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
