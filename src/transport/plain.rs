@@ -78,6 +78,15 @@ impl Write for Stream {
         }
     }
 
+    /// One `writev`: a frame's header and payload leave together, without a copy.
+    #[inline]
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(()) // nothing is buffered in user space
     }

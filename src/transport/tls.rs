@@ -185,13 +185,26 @@ impl TlsStream {
 
     /// Application bytes taken (and sent as far as the socket allows), or `WouldBlock`.
     pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_with(|writer| writer.write(buf))
+    }
+
+    /// As `write`, from several slices sealed into the same records (a WebSocket frame's
+    /// header and payload go out as one record, not two).
+    pub fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.write_with(|writer| writer.write_vectored(bufs))
+    }
+
+    fn write_with(
+        &mut self,
+        give: impl FnOnce(&mut rustls::Writer<'_>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         if self.tls.is_handshaking() {
             // Nothing can be sent before the keys exist: move the handshake on (a client's
             // first write sends its ClientHello) and come back when it is done.
             self.push()?;
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let taken = self.tls.writer().write(buf)?;
+        let taken = give(&mut self.tls.writer())?;
         self.push()?;
         if taken == 0 {
             return Err(io::ErrorKind::WouldBlock.into());
