@@ -162,19 +162,34 @@ fn a_request_that_is_no_upgrade_gets_a_4xx_and_a_close() {
     assert_eq!(stats.tls_handshakes_failed, 5, "{stats:?}");
 }
 
-#[test]
-fn wss_is_websocket_over_tls() {
+/// A `wss:` server with a certificate of the test's own, and that certificate.
+fn wss_server(
+    tune: impl FnOnce(&mut Config),
+) -> (
+    TestServer,
+    SocketAddr,
+    rcgen::CertifiedKey<rcgen::KeyPair>,
+    tempfile::TempDir,
+) {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert.pem"), made.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), made.signing_key.serialize_pem()).unwrap();
     let mut config = Config::listening_on(["wss:127.0.0.1:0"]);
     config.tls_files = Some((dir.path().join("cert.pem"), dir.path().join("key.pem")));
+    tune(&mut config);
     let server = TestServer::with(config);
     let (addr, tls) = server.ws_addrs[0];
     assert!(tls);
+    (server, addr, made, dir)
+}
+
+type WssSocket = WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+/// A WebSocket client over rustls on `stream`, trusting `cert` alone.
+fn wss_client(stream: TcpStream, cert: &rcgen::Certificate, port: u16) -> WssSocket {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(made.cert.der().clone()).unwrap();
+    roots.add(cert.der().clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -186,9 +201,16 @@ fn wss_is_websocket_over_tls() {
         rustls::pki_types::ServerName::try_from("localhost").unwrap(),
     )
     .unwrap();
-    let stream = rustls::StreamOwned::new(session, connect(addr));
-    let (mut socket, _) = tungstenite::client(format!("wss://localhost:{}/", addr.port()), stream)
-        .expect("upgrade over TLS");
+    let stream = rustls::StreamOwned::new(session, stream);
+    let (socket, _) =
+        tungstenite::client(format!("wss://localhost:{port}/"), stream).expect("upgrade over TLS");
+    socket
+}
+
+#[test]
+fn wss_is_websocket_over_tls() {
+    let (server, addr, made, _dir) = wss_server(|_| {});
+    let mut socket = wss_client(connect(addr), &made.cert, addr.port());
     for message in [
         Message::text("secure hello"),
         Message::binary(vec![1, 2, 3]),
@@ -334,6 +356,75 @@ fn a_client_that_never_reads_is_held_at_the_cap_and_loses_nothing() {
     drop(raw);
     let stats = server.stop();
     assert_eq!(stats.peak_pending_connection, cap, "pending passed the cap");
+}
+
+/// A TCP connection whose receive buffer is small: a server's reply to it is held back
+/// by the socket soon.
+fn small_window_connect(addr: SocketAddr) -> TcpStream {
+    let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    raw.set_recv_buffer_size(4096).unwrap();
+    raw.connect(&addr.into()).unwrap();
+    let raw = TcpStream::from(raw);
+    raw.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    raw
+}
+
+/// The cap for `replies_behind_a_held_reply…`: above its long message, so all of that is
+/// taken while its reply waits.
+const HELD_REPLY_CAP: usize = 16 << 20;
+
+/// While a long reply is held part-way out by a client that does not read, what arrives
+/// behind it (a ping, an empty message, a short one) must neither cut into its frames nor
+/// overtake it: the client's own parser (tungstenite's) would fail on either. The message
+/// is three times Linux's largest send buffer, and the client's receive buffer is small,
+/// so the sockets cannot absorb the reply whole. (The build before this test sent the
+/// empty message's frame into the middle of the long one's: tungstenite said
+/// `ExpectedFragment(Binary)`.)
+fn replies_behind_a_held_reply<S: Read + Write>(server: TestServer, mut socket: WebSocket<S>) {
+    let long = common::pattern(33, 12 << 20);
+    let mut request = masked_frame(0x02, true, &long);
+    request.extend(masked_frame(0x09, true, b"are you there"));
+    request.extend(masked_frame(0x02, true, b""));
+    request.extend(masked_frame(0x01, true, "汉语/漢語 Hànyǔ".as_bytes()));
+    // Not reading: all three data messages are taken while the long reply is held.
+    socket.get_mut().write_all(&request).unwrap();
+    socket.get_mut().flush().unwrap();
+    server.wait_for("the messages behind the long one to be read", |s| {
+        s.ws_messages_in == 3
+    });
+    let mut pongs = 0;
+    let mut data = Vec::new();
+    while data.len() < 3 || pongs == 0 {
+        match socket.read().expect("a well-formed message") {
+            Message::Pong(payload) => {
+                assert_eq!(&payload[..], b"are you there");
+                pongs += 1;
+            }
+            message => data.push(message),
+        }
+    }
+    assert!(data[0] == Message::binary(long), "the long reply differs");
+    assert_eq!(data[1], Message::binary(Vec::new()));
+    assert_eq!(data[2], Message::text("汉语/漢語 Hànyǔ"));
+    drop(socket);
+    let stats = server.stop();
+    assert_eq!(stats.ws_messages_out, 3, "{stats:?}");
+}
+
+#[test]
+fn replies_behind_a_held_reply_keep_their_order_and_never_cut_into_its_frames() {
+    let (server, addr) = ws_server(|config| config.max_pending = HELD_REPLY_CAP);
+    let (socket, _) =
+        tungstenite::client(format!("ws://{addr}/"), small_window_connect(addr)).expect("upgrade");
+    replies_behind_a_held_reply(server, socket);
+}
+
+#[test]
+fn replies_behind_a_held_reply_keep_their_order_over_tls_too() {
+    let (server, addr, made, _dir) = wss_server(|config| config.max_pending = HELD_REPLY_CAP);
+    let socket = wss_client(small_window_connect(addr), &made.cert, addr.port());
+    replies_behind_a_held_reply(server, socket);
 }
 
 #[test]

@@ -2,12 +2,13 @@
 //!
 //! Two stages on one connection:
 //!
-//! 1. **The HTTP upgrade**, parsed with `httparse` from at most `REQUEST_LIMIT` bytes: a
-//!    `GET` with `Upgrade: websocket`, `Connection: upgrade`, version 13 and a key is
-//!    answered `101 Switching Protocols`; anything else gets a 4xx response and a close.
-//! 2. **Frames**, through tungstenite's `WebSocketContext` driven over our own stream (not
-//!    its TLS or its blocking socket): it unmasks, reassembles fragments, checks UTF-8,
-//!    answers pings and closes.
+//! 1. **The HTTP upgrade** (`upgrade`): a `GET` with `Upgrade: websocket`, `Connection:
+//!    upgrade`, version 13 and a key is answered `101 Switching Protocols`; anything else
+//!    gets a 4xx response and a close.
+//! 2. **Frames.** tungstenite's `WebSocketContext`, driven over our own stream (not its TLS
+//!    or its blocking socket), reads them: it unmasks, reassembles fragments, checks UTF-8,
+//!    answers pings and closes. The replies to data messages are written by us
+//!    (`out_frame`), around its write buffer.
 //!
 //! The echo above stays byte-oriented, as on every transport: `read` hands over the payload
 //! of data messages in order, and `write` sends bytes back as frames of the same kind and
@@ -15,30 +16,40 @@
 //! frames: a fragmented reply is the same message). So `--max-pending` bounds what is
 //! owed, and a client that never reads stops being read.
 //!
-//! The traps avoided (see tungstenite's issues): its read buffer is sized small
-//! (`READ_BUFFER`), not 128 KiB, and since it reads no more than that per call, the
-//! socket is read into the echo's own buffer instead (`Probe`, `Carry`): one `recv` per
-//! message, however many reads tungstenite makes of it; its write buffer is bounded, and nothing is written into it
-//! while a flush is pending; a `Write` that cannot take bytes says `WouldBlock`, never
-//! `Ok(0)`; and `read` can say `WouldBlock` because a pong could not be flushed, which
-//! `wants().write` then reports.
+//! The traps avoided (see tungstenite's issues):
+//! - its read buffer is small (`READ_BUFFER`), not 128 KiB; and since it reads no more
+//!   than that per call, the socket is read into the echo's own buffer instead (`probe`):
+//!   one `recv` per message, however many reads tungstenite makes of it;
+//! - its write buffer is bounded and only carries control frames (pongs, closes); nothing
+//!   more goes into it while it cannot be emptied, and no frame of ours starts while it
+//!   holds bytes, nor does it write while a frame of ours is part-way out;
+//! - a `Write` that cannot take bytes says `WouldBlock`, never `Ok(0)`;
+//! - `read` can say `WouldBlock` because a pong could not be flushed, which `wants().write`
+//!   then reports.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 
 use tungstenite::Message;
+use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
+mod out_frame;
+mod probe;
+mod upgrade;
+mod wire;
+
+pub(crate) use wire::Wire;
+
+use out_frame::OutFrame;
+use probe::{Carry, Probe};
+use upgrade::Verdict;
+
 use super::LayerCounts;
-use super::plain::Stream;
-use super::tls::TlsStream;
 use crate::config::Mode;
 use crate::readiness::{interrupted, would_block};
 
-/// The largest upgrade request accepted (headers included).
-const REQUEST_LIMIT: usize = 8 * 1024;
 /// tungstenite's read buffer per connection: small, since an idle connection keeps it.
 const READ_BUFFER: usize = 2 * 1024;
 /// The most one socket read takes for tungstenite (into the echo's shared buffer, the
@@ -46,85 +57,6 @@ const READ_BUFFER: usize = 2 * 1024;
 const STAGE_LIMIT: usize = 32 * 1024;
 /// Bytes of frames tungstenite may hold unsent before `write` takes nothing more.
 const WRITE_BUFFER_LIMIT: usize = 64 * 1024;
-
-/// What the WebSocket layer runs over: the raw stream, or a TLS session.
-pub(crate) trait Wire: Read + Write {
-    /// Sends what the wire's own layer holds (TLS records).
-    fn flush_wire(&mut self) -> io::Result<()>;
-    /// The wire's own layer holds bytes to send.
-    fn wire_wants_write(&self) -> bool;
-    /// Ends our side of the wire (FIN, or close_notify and FIN).
-    fn end(&mut self) -> io::Result<()>;
-    fn stream_mut(&mut self) -> &mut Stream;
-    fn stream(&self) -> &Stream;
-    fn is_handshaking(&self) -> bool;
-    /// Whether a short read of the wire means the socket is drained (a raw stream on
-    /// epoll or kqueue; never TLS, whose reads come from its own buffer).
-    fn short_read_is_drained(&self) -> bool;
-}
-
-impl Wire for Stream {
-    fn flush_wire(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-    fn wire_wants_write(&self) -> bool {
-        false
-    }
-    fn end(&mut self) -> io::Result<()> {
-        self.shutdown_writes()
-    }
-    fn stream_mut(&mut self) -> &mut Stream {
-        self
-    }
-    fn stream(&self) -> &Stream {
-        self
-    }
-    fn is_handshaking(&self) -> bool {
-        false
-    }
-    fn short_read_is_drained(&self) -> bool {
-        crate::readiness::SHORT_READ_MEANS_DRAINED
-    }
-}
-
-impl Read for TlsStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        TlsStream::read(self, buf)
-    }
-}
-
-impl Write for TlsStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        TlsStream::write(self, buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.flush_layer()
-    }
-}
-
-impl Wire for TlsStream {
-    fn flush_wire(&mut self) -> io::Result<()> {
-        self.flush_layer()
-    }
-    fn wire_wants_write(&self) -> bool {
-        self.wants_write()
-    }
-    fn end(&mut self) -> io::Result<()> {
-        self.shutdown_writes()
-    }
-    fn stream_mut(&mut self) -> &mut Stream {
-        self.socket_mut()
-    }
-    fn stream(&self) -> &Stream {
-        self.socket()
-    }
-    fn is_handshaking(&self) -> bool {
-        TlsStream::is_handshaking(self)
-    }
-    fn short_read_is_drained(&self) -> bool {
-        false
-    }
-}
 
 /// Where a WebSocket connection is.
 enum Stage {
@@ -147,40 +79,6 @@ struct OwedMessage {
     sent: usize,
 }
 
-/// Bytes read from the socket beyond what tungstenite asked for, handed to it before the
-/// socket is read again. Allocated only while it holds bytes (an idle connection has none)
-/// and never more than one socket read, `STAGE_LIMIT`.
-#[derive(Debug, Default)]
-struct Carry {
-    bytes: Vec<u8>,
-    at: usize,
-}
-
-impl Carry {
-    fn is_empty(&self) -> bool {
-        self.at == self.bytes.len()
-    }
-
-    /// Moves what fits into `dst`; frees the buffer once it is all handed over.
-    fn take_into(&mut self, dst: &mut [u8]) -> usize {
-        let n = (self.bytes.len() - self.at).min(dst.len());
-        dst[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
-        self.at += n;
-        if self.is_empty() {
-            *self = Carry::default();
-        }
-        n
-    }
-
-    fn keep(&mut self, rest: &[u8]) {
-        if !rest.is_empty() {
-            debug_assert!(self.is_empty(), "a socket read while bytes were carried");
-            self.bytes = rest.to_vec();
-            self.at = 0;
-        }
-    }
-}
-
 /// One WebSocket connection over `W`.
 pub(crate) struct WsStream<W: Wire> {
     wire: W,
@@ -193,6 +91,8 @@ pub(crate) struct WsStream<W: Wire> {
     owed_messages: VecDeque<OwedMessage>,
     /// tungstenite holds frames it could not flush yet.
     flush_pending: bool,
+    /// Our own data frame still part-way out (see `OutFrame`).
+    out_frame: Option<OutFrame>,
     /// The connection has ended at the WebSocket level (close received or sent).
     ended: bool,
     /// What the echo does with messages: `Ack` and `Discard` need no bookkeeping.
@@ -215,75 +115,6 @@ pub(crate) struct WsStream<W: Wire> {
     carry: Carry,
 }
 
-/// The wire as tungstenite reads it: bytes carried over first; then, unless `refuse` (say
-/// `WouldBlock`, so that tungstenite answers from what it holds), one socket read into
-/// `stage` (the echo's shared buffer, free until the payload is copied into it) of as much
-/// as has arrived, handed to tungstenite piece by piece as it asks. What it has not taken
-/// when the read is over is carried (`finish`): usually nothing, a message in one read.
-/// Notes a short read.
-struct Probe<'a, W> {
-    wire: &'a mut W,
-    refuse: bool,
-    short: bool,
-    stage: &'a mut [u8],
-    /// The part of `stage` read but not yet handed over.
-    staged: std::ops::Range<usize>,
-    carry: &'a mut Carry,
-}
-
-impl<'a, W> Probe<'a, W> {
-    fn new(wire: &'a mut W, refuse: bool, stage: &'a mut [u8], carry: &'a mut Carry) -> Self {
-        Probe {
-            wire,
-            refuse,
-            short: false,
-            stage,
-            staged: 0..0,
-            carry,
-        }
-    }
-
-    /// Keeps what tungstenite did not take (the stage is about to be overwritten).
-    fn finish(self) -> bool {
-        self.carry.keep(&self.stage[self.staged]);
-        self.short
-    }
-}
-
-impl<W: Read> Read for Probe<'_, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.carry.is_empty() {
-            return Ok(self.carry.take_into(buf));
-        }
-        if self.staged.is_empty() {
-            if self.refuse {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            if self.stage.len() <= buf.len() {
-                let n = self.wire.read(buf)?;
-                self.short = n > 0 && n < buf.len();
-                return Ok(n);
-            }
-            let n = self.wire.read(self.stage)?;
-            self.short = n > 0 && n < self.stage.len();
-            self.staged = 0..n;
-        }
-        let n = self.staged.len().min(buf.len());
-        buf[..n].copy_from_slice(&self.stage[self.staged.start..self.staged.start + n]);
-        self.staged.start += n;
-        Ok(n)
-    }
-}
-
-impl<W: Write> Write for Probe<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.wire.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.wire.flush()
-    }
-}
-
 impl<W: Wire> std::fmt::Debug for WsStream<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WsStream")
@@ -303,6 +134,7 @@ impl<W: Wire> WsStream<W> {
             reading: None,
             owed_messages: VecDeque::new(),
             flush_pending: false,
+            out_frame: None,
             ended: false,
             mode,
             max_message,
@@ -343,7 +175,10 @@ impl<W: Wire> WsStream<W> {
     }
 
     pub(crate) fn wants_write(&self) -> bool {
-        !self.out.is_empty() || self.flush_pending || self.wire.wire_wants_write()
+        !self.out.is_empty()
+            || self.flush_pending
+            || self.out_frame.is_some()
+            || self.wire.wire_wants_write()
     }
 
     /// Writes the upgrade's own bytes, then whatever tungstenite and the wire hold.
@@ -359,6 +194,13 @@ impl<W: Wire> WsStream<W> {
                 Err(err) => return Err(err),
             }
         }
+        // Our frame part-way out comes first: nothing may be written inside it.
+        if let Some(frame) = &mut self.out_frame {
+            if !frame.write_to(&mut self.wire)? {
+                return self.wire.flush_wire();
+            }
+            self.out_frame = None;
+        }
         if let Stage::Open(ctx) = &mut self.stage
             && self.flush_pending
         {
@@ -371,7 +213,44 @@ impl<W: Wire> WsStream<W> {
                 Err(err) => return Err(into_io(err)),
             }
         }
+        self.send_empty_replies()?;
         self.wire.flush_wire()
+    }
+
+    /// The wire is free for a frame of ours: nothing of our own part-way out, nothing
+    /// unsent in tungstenite.
+    fn may_start_frame(&self) -> bool {
+        self.out_frame.is_none() && !self.flush_pending
+    }
+
+    /// Starts `frame` and writes what the wire takes; the rest waits for `flush_layer`.
+    fn start_frame(&mut self, mut frame: OutFrame) -> io::Result<()> {
+        debug_assert!(self.may_start_frame());
+        if !frame.write_to(&mut self.wire)? {
+            self.out_frame = Some(frame);
+        }
+        Ok(())
+    }
+
+    /// Echoes the empty messages at the head of the queue: they have no bytes for the
+    /// echo to carry, so nothing else would. In their turn, behind every earlier reply.
+    fn send_empty_replies(&mut self) -> io::Result<()> {
+        while self.may_start_frame() {
+            match self.owed_messages.front() {
+                Some(owed) if owed.payload.is_empty() => {
+                    let kind = if owed.text { Data::Text } else { Data::Binary };
+                    self.owed_messages.pop_front();
+                    self.counts.ws_messages_out += 1;
+                    self.start_frame(OutFrame::new(
+                        OpCode::Data(kind),
+                        true,
+                        tungstenite::Bytes::new(),
+                    ))?;
+                }
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -404,27 +283,10 @@ impl<W: Wire> WsStream<W> {
                 Err(err) => return Err(err),
             };
             request.extend_from_slice(&chunk[..n]);
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut parsed = httparse::Request::new(&mut headers);
-            let verdict = match parsed.parse(request) {
-                Ok(httparse::Status::Partial) if request.len() <= REQUEST_LIMIT => continue,
-                Ok(httparse::Status::Partial) => Err((431, "Request Header Fields Too Large")),
-                Err(httparse::Error::TooManyHeaders) => {
-                    Err((431, "Request Header Fields Too Large"))
-                }
-                Err(_) => Err((400, "Bad Request")),
-                Ok(httparse::Status::Complete(used)) => upgrade_key(&parsed).map(|key| (key, used)),
-            };
-            match verdict {
-                Ok((key, used)) => {
-                    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-                    self.out.extend_from_slice(
-                        format!(
-                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-                        )
-                        .as_bytes(),
-                    );
+            match upgrade::judge(request) {
+                Verdict::Partial => continue,
+                Verdict::Accept { response, used } => {
+                    self.out.extend_from_slice(&response);
                     let rest = request[used..].to_vec();
                     let config = WebSocketConfig::default()
                         .read_buffer_size(READ_BUFFER)
@@ -436,21 +298,8 @@ impl<W: Wire> WsStream<W> {
                         WebSocketContext::from_partially_read(rest, Role::Server, Some(config));
                     self.stage = Stage::Open(Box::new(ctx));
                 }
-                Err((status, reason)) => {
-                    let body = "a WebSocket echo: connect with a WebSocket client\n";
-                    self.out.extend_from_slice(
-                        format!(
-                            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n\
-                             Content-Length: {}\r\nConnection: close\r\n{}\r\n{body}",
-                            body.len(),
-                            if status == 426 {
-                                "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-                            } else {
-                                ""
-                            }
-                        )
-                        .as_bytes(),
-                    );
+                Verdict::Refuse { response } => {
+                    self.out.extend_from_slice(&response);
                     self.stage = Stage::Refusing;
                 }
             }
@@ -492,9 +341,12 @@ impl<W: Wire> WsStream<W> {
                         false,
                         &mut buf[..stage_len],
                         &mut self.carry,
-                    );
+                    )
+                    .holding_writes(self.out_frame.is_some());
                     let next = ctx.read(&mut probe);
-                    self.last_read_short = probe.finish();
+                    let seen = probe.finish();
+                    self.last_read_short = seen.short;
+                    self.flush_pending |= seen.wrote;
                     next
                 }
             };
@@ -544,21 +396,17 @@ impl<W: Wire> WsStream<W> {
                 }
             };
             self.counts.ws_messages_in += 1;
-            if payload.is_empty() {
-                // An empty message has no bytes for the echo to carry: answer it here.
-                if self.mode == Mode::Echo {
-                    let kind = if text { Data::Text } else { Data::Binary };
-                    self.send_frame(Frame::message(Vec::new(), OpCode::Data(kind), true))?;
-                    self.counts.ws_messages_out += 1;
-                }
-                continue;
-            }
             if self.mode == Mode::Echo {
                 self.owed_messages.push_back(OwedMessage {
                     text,
                     payload: payload.clone(),
                     sent: 0,
                 });
+            }
+            if payload.is_empty() {
+                // No bytes for the echo to carry: its reply goes out here, in its turn.
+                self.send_empty_replies()?;
+                continue;
             }
             self.reading = Some((payload, 0));
             self.look_ahead();
@@ -578,8 +426,11 @@ impl<W: Wire> WsStream<W> {
         let Stage::Open(ctx) = &mut self.stage else {
             return;
         };
-        let mut probe = Probe::new(&mut self.wire, true, &mut [], &mut self.carry);
-        match ctx.read(&mut probe) {
+        let mut probe = Probe::new(&mut self.wire, true, &mut [], &mut self.carry)
+            .holding_writes(self.out_frame.is_some());
+        let next = ctx.read(&mut probe);
+        self.flush_pending |= probe.finish().wrote;
+        match next {
             Err(tungstenite::Error::Io(err)) if would_block(&err) => self.drained = true,
             other => self.read_ahead.push_back(other),
         }
@@ -623,25 +474,13 @@ impl<W: Wire> WsStream<W> {
                 code,
                 reason: "".into(),
             };
-            let _ = ctx.close(&mut self.wire, Some(frame));
+            let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.carry)
+                .holding_writes(self.out_frame.is_some());
+            let _ = ctx.close(&mut wire, Some(frame));
         }
         self.flush_pending = true;
         self.ended = true;
         let _ = self.flush_layer();
-    }
-
-    /// Writes one frame through tungstenite and flushes what it can.
-    fn send_frame(&mut self, frame: Frame) -> io::Result<()> {
-        let Stage::Open(ctx) = &mut self.stage else {
-            return Err(io::ErrorKind::NotConnected.into());
-        };
-        match ctx.write(&mut self.wire, Message::Frame(frame)) {
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(err)) if would_block(&err) => {}
-            Err(err) => return Err(into_io(err)),
-        }
-        self.flush_pending = true;
-        self.flush_layer()
     }
 
     /// Bytes of the echo, sent back as frames of the messages they came from.
@@ -649,15 +488,16 @@ impl<W: Wire> WsStream<W> {
         if self.ended || !matches!(self.stage, Stage::Open(_)) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        if self.flush_pending {
+        if !self.may_start_frame() {
             self.flush_layer()?;
-            if self.flush_pending {
-                // Nothing more goes into tungstenite's buffer while it cannot empty it.
+            if !self.may_start_frame() {
+                // One frame out at a time, and none while tungstenite cannot empty its buffer.
                 return Err(io::ErrorKind::WouldBlock.into());
             }
         }
         let (frame, taken) = match self.owed_messages.front_mut() {
             Some(owed) => {
+                debug_assert!(!owed.payload.is_empty(), "empty replies go out first");
                 let left = owed.payload.len() - owed.sent;
                 let taken = buf.len().min(left).min(WRITE_BUFFER_LIMIT);
                 let opcode = match (owed.sent == 0, owed.text) {
@@ -673,17 +513,19 @@ impl<W: Wire> WsStream<W> {
                     self.owed_messages.pop_front();
                     self.counts.ws_messages_out += 1;
                 }
-                (Frame::message(data, opcode, last), taken)
+                (OutFrame::new(opcode, last, data), taken)
             }
             // --mode ack: each reply is a text message of its own.
             None => {
                 let taken = buf.len().min(WRITE_BUFFER_LIMIT);
-                let frame = Frame::message(buf[..taken].to_vec(), OpCode::Data(Data::Text), true);
+                let data = tungstenite::Bytes::copy_from_slice(&buf[..taken]);
                 self.counts.ws_messages_out += 1;
-                (frame, taken)
+                (OutFrame::new(OpCode::Data(Data::Text), true, data), taken)
             }
         };
-        self.send_frame(frame)?;
+        self.start_frame(frame)?;
+        self.send_empty_replies()?;
+        self.wire.flush_wire()?;
         Ok(taken)
     }
 
@@ -696,7 +538,9 @@ impl<W: Wire> WsStream<W> {
         if !self.ended
             && let Stage::Open(ctx) = &mut self.stage
         {
-            let _ = ctx.close(&mut self.wire, None);
+            let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.carry)
+                .holding_writes(self.out_frame.is_some());
+            let _ = ctx.close(&mut wire, None);
             self.flush_pending = true;
             self.ended = true;
         }
@@ -712,40 +556,5 @@ fn into_io(err: tungstenite::Error) -> io::Error {
     }
 }
 
-/// The `Sec-WebSocket-Key` of a valid upgrade request, or the response it deserves.
-fn upgrade_key(request: &httparse::Request) -> Result<String, (u16, &'static str)> {
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|value| {
-            value
-                .split(',')
-                .any(|part| part.trim().eq_ignore_ascii_case(token))
-        })
-    };
-    if request.method != Some("GET") {
-        return Err((405, "Method Not Allowed"));
-    }
-    if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
-        return Err((426, "Upgrade Required"));
-    }
-    if header("Sec-WebSocket-Version").map(str::trim) != Some("13") {
-        return Err((426, "Upgrade Required"));
-    }
-    let key = header("Sec-WebSocket-Key").map(str::trim).unwrap_or("");
-    // A key is 16 random bytes in base64: 24 characters, the last two "==".
-    let valid = key.len() == 24
-        && key.ends_with("==")
-        && key[..22]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
-    if !valid {
-        return Err((400, "Bad Request"));
-    }
-    Ok(key.to_string())
-}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,77 @@
+//! The echo's data frames on their way out, written around tungstenite's write buffer.
+
+use std::io::{self, Write};
+
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::OpCode;
+
+use crate::readiness::{interrupted, would_block};
+
+/// A data frame of the echo's, written to the wire around tungstenite's write buffer: the
+/// header (formatted by tungstenite's `FrameHeader`) and the payload (a reference into the
+/// message as received) leave in one vectored write, so a reply costs no copy in user
+/// space. Started only when tungstenite holds nothing unsent, and while it is part-way
+/// out tungstenite may not write (`Probe::hold_writes`): frames never interleave.
+#[derive(Debug)]
+pub(super) struct OutFrame {
+    head: [u8; OutFrame::MAX_HEAD],
+    head_len: usize,
+    payload: tungstenite::Bytes,
+    /// Bytes of head and payload written so far.
+    sent: usize,
+}
+
+impl OutFrame {
+    /// A server's frames are unmasked: two bytes, and at most eight of length.
+    const MAX_HEAD: usize = 10;
+
+    pub(super) fn new(opcode: OpCode, is_final: bool, payload: tungstenite::Bytes) -> OutFrame {
+        let header = FrameHeader {
+            is_final,
+            opcode,
+            ..FrameHeader::default()
+        };
+        let mut head = [0u8; OutFrame::MAX_HEAD];
+        let mut cursor = io::Cursor::new(&mut head[..]);
+        header
+            .format(payload.len() as u64, &mut cursor)
+            .expect("an unmasked frame header fits in ten bytes");
+        let head_len = cursor.position() as usize;
+        OutFrame {
+            head,
+            head_len,
+            payload,
+            sent: 0,
+        }
+    }
+
+    /// Writes what the wire takes: true once all of the frame is out.
+    pub(super) fn write_to(&mut self, wire: &mut impl Write) -> io::Result<bool> {
+        loop {
+            let result = if self.sent < self.head_len {
+                let head = &self.head[self.sent..self.head_len];
+                if self.payload.is_empty() {
+                    wire.write(head)
+                } else {
+                    wire.write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(&self.payload)])
+                }
+            } else {
+                let rest = &self.payload[self.sent - self.head_len..];
+                if rest.is_empty() {
+                    return Ok(true);
+                }
+                wire.write(rest)
+            };
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(err) if would_block(&err) => return Ok(false),
+                Err(err) if interrupted(&err) => {}
+                Err(err) => return Err(err),
+            }
+            if self.sent == self.head_len + self.payload.len() {
+                return Ok(true);
+            }
+        }
+    }
+}

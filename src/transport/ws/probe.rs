@@ -1,0 +1,139 @@
+//! The wire as tungstenite sees it: reads staged in the echo's buffer so that a message
+//! costs one `recv`, what tungstenite leaves behind carried to the next read, and its
+//! writes held while a frame of ours is part-way out.
+
+use std::io::{self, Read, Write};
+
+/// Bytes read from the socket beyond what tungstenite asked for, handed to it before the
+/// socket is read again. Allocated only while it holds bytes (an idle connection has none)
+/// and never more than one socket read, `STAGE_LIMIT`.
+#[derive(Debug, Default)]
+pub(super) struct Carry {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl Carry {
+    pub(super) fn is_empty(&self) -> bool {
+        self.at == self.bytes.len()
+    }
+
+    /// Moves what fits into `dst`; frees the buffer once it is all handed over.
+    fn take_into(&mut self, dst: &mut [u8]) -> usize {
+        let n = (self.bytes.len() - self.at).min(dst.len());
+        dst[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        if self.is_empty() {
+            *self = Carry::default();
+        }
+        n
+    }
+
+    fn keep(&mut self, rest: &[u8]) {
+        if !rest.is_empty() {
+            debug_assert!(self.is_empty(), "a socket read while bytes were carried");
+            self.bytes = rest.to_vec();
+            self.at = 0;
+        }
+    }
+}
+
+/// The wire as tungstenite reads it: bytes carried over first; then, unless `refuse` (say
+/// `WouldBlock`, so that tungstenite answers from what it holds), one socket read into
+/// `stage` (the echo's shared buffer, free until the payload is copied into it) of as much
+/// as has arrived, handed to tungstenite piece by piece as it asks. What it has not taken
+/// when the read is over is carried (`finish`): usually nothing, a message in one read.
+/// Notes a short read.
+pub(super) struct Probe<'a, W> {
+    wire: &'a mut W,
+    refuse: bool,
+    /// One of our own frames is part-way out: tungstenite's writes must wait (`WouldBlock`)
+    /// or they would land inside it.
+    hold_writes: bool,
+    /// tungstenite tried to write (a pong or a close reply): it may hold bytes now.
+    wrote: bool,
+    short: bool,
+    stage: &'a mut [u8],
+    /// The part of `stage` read but not yet handed over.
+    staged: std::ops::Range<usize>,
+    carry: &'a mut Carry,
+}
+
+impl<'a, W> Probe<'a, W> {
+    pub(super) fn new(
+        wire: &'a mut W,
+        refuse: bool,
+        stage: &'a mut [u8],
+        carry: &'a mut Carry,
+    ) -> Self {
+        Probe {
+            wire,
+            refuse,
+            hold_writes: false,
+            wrote: false,
+            short: false,
+            stage,
+            staged: 0..0,
+            carry,
+        }
+    }
+
+    pub(super) fn holding_writes(mut self, hold: bool) -> Self {
+        self.hold_writes = hold;
+        self
+    }
+
+    /// Keeps what tungstenite did not take (the stage is about to be overwritten); says
+    /// whether the socket read came back short, and whether tungstenite wrote.
+    pub(super) fn finish(self) -> ProbeOutcome {
+        self.carry.keep(&self.stage[self.staged]);
+        ProbeOutcome {
+            short: self.short,
+            wrote: self.wrote,
+        }
+    }
+}
+
+/// What a `Probe` saw.
+pub(super) struct ProbeOutcome {
+    pub(super) short: bool,
+    pub(super) wrote: bool,
+}
+
+impl<W: Read> Read for Probe<'_, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.carry.is_empty() {
+            return Ok(self.carry.take_into(buf));
+        }
+        if self.staged.is_empty() {
+            if self.refuse {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            if self.stage.len() <= buf.len() {
+                let n = self.wire.read(buf)?;
+                self.short = n > 0 && n < buf.len();
+                return Ok(n);
+            }
+            let n = self.wire.read(self.stage)?;
+            self.short = n > 0 && n < self.stage.len();
+            self.staged = 0..n;
+        }
+        let n = self.staged.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.stage[self.staged.start..self.staged.start + n]);
+        self.staged.start += n;
+        Ok(n)
+    }
+}
+
+impl<W: Write> Write for Probe<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.wrote = true;
+        if self.hold_writes {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.wire.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.wire.flush()
+    }
+}

@@ -1,0 +1,197 @@
+//! The write side's ordering rules, on a wire whose room the test sets byte by byte: a
+//! socket cannot be made to fill and empty at chosen moments, and the hazard lives in
+//! exactly such a moment.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream as PeerSocket;
+use std::time::Duration;
+
+use super::{Wire, WsStream};
+use crate::config::Mode;
+use crate::transport::plain::Stream;
+
+/// A Unix socket that takes at most `room` more bytes before it says `WouldBlock`.
+struct Throttled {
+    stream: Stream,
+    room: usize,
+}
+
+impl Read for Throttled {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Throttled {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if self.room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut taken = 0;
+        for buf in bufs {
+            let n = buf.len().min(self.room - taken);
+            self.stream.write_all(&buf[..n])?; // the socket itself has room: tiny writes
+            taken += n;
+        }
+        self.room -= taken;
+        Ok(taken)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Wire for Throttled {
+    fn flush_wire(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn wire_wants_write(&self) -> bool {
+        false
+    }
+    fn end(&mut self) -> io::Result<()> {
+        self.stream.shutdown_writes()
+    }
+    fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+    fn stream(&self) -> &Stream {
+        &self.stream
+    }
+    fn is_handshaking(&self) -> bool {
+        false
+    }
+    fn short_read_is_drained(&self) -> bool {
+        false
+    }
+}
+
+/// A client frame, masked as RFC 6455 requires (payloads under 126 bytes here, or 1000).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [7, 1, 9, 3];
+    let mut frame = vec![0x80 | opcode];
+    if payload.len() < 126 {
+        frame.push(0x80 | payload.len() as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Reads one server frame: (first byte, payload).
+fn server_frame(peer: &mut PeerSocket) -> (u8, Vec<u8>) {
+    let mut head = [0; 2];
+    peer.read_exact(&mut head).unwrap();
+    assert_eq!(head[1] & 0x80, 0, "a server frame is unmasked");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut len = [0; 2];
+            peer.read_exact(&mut len).unwrap();
+            u16::from_be_bytes(len) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0; len];
+    peer.read_exact(&mut payload).unwrap();
+    (head[0], payload)
+}
+
+/// A WebSocket connection past its upgrade, and the client's end of it.
+fn upgraded() -> (WsStream<Throttled>, PeerSocket) {
+    let (ours, theirs) = mio::net::UnixStream::pair().unwrap();
+    // SAFETY: the descriptor was just taken from its only owner.
+    let mut peer = unsafe { PeerSocket::from_raw_fd(theirs.into_raw_fd()) };
+    peer.set_nonblocking(false).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let wire = Throttled {
+        stream: Stream::Unix(ours),
+        room: usize::MAX,
+    };
+    let mut ws = WsStream::new(wire, Mode::Echo, 1 << 20);
+    peer.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut buf = [0; 64];
+    let err = ws.read(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        peer.read_exact(&mut byte).unwrap();
+        response.push(byte[0]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 101 "));
+    (ws, peer)
+}
+
+/// Reads what the client sent until `WouldBlock`, as the loop would; the bytes handed over.
+/// (A Unix socket's write lands in its peer's queue before it returns: nothing to wait for.)
+fn read_all(ws: &mut WsStream<Throttled>) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = vec![0; 4096];
+    loop {
+        match ws.read(&mut buf) {
+            Ok(0) => panic!("an end"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return got,
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
+/// A pong queued while a reply is part-way out, then a read once the wire has room again
+/// (a readable event before the writable one): tungstenite tries to send the pong from
+/// inside that read, and must be held, or its bytes land inside the reply's frame.
+#[test]
+fn a_pong_waits_for_the_reply_frame_that_is_part_way_out() {
+    let (mut ws, mut peer) = upgraded();
+    let long: Vec<u8> = (0..1000).map(|i| (i % 251) as u8).collect();
+    peer.write_all(&client_frame(0x2, &long)).unwrap();
+    let got = read_all(&mut ws);
+    assert_eq!(got, long);
+    ws.wire_mut().room = 5; // the header and one byte of the payload
+    assert_eq!(ws.write(&long).unwrap(), long.len());
+    assert!(ws.wants_write());
+    ws.wire_mut().room = 0;
+    peer.write_all(&client_frame(0x9, b"ping")).unwrap();
+    peer.write_all(&client_frame(0x2, b"b")).unwrap();
+    assert_eq!(read_all(&mut ws), b"b");
+    // Room again, and a read first.
+    ws.wire_mut().room = usize::MAX;
+    assert!(read_all(&mut ws).is_empty());
+    ws.flush_layer().unwrap();
+    assert_eq!(ws.write(b"b").unwrap(), 1);
+    assert!(!ws.wants_write());
+    assert_eq!(server_frame(&mut peer), (0x82, long));
+    assert_eq!(server_frame(&mut peer), (0x8a, b"ping".to_vec()));
+    assert_eq!(server_frame(&mut peer), (0x82, b"b".to_vec()));
+}
+
+/// An empty message behind one whose reply is still owed goes back after it, not in the
+/// middle of its fragments.
+#[test]
+fn an_empty_reply_waits_its_turn() {
+    let (mut ws, mut peer) = upgraded();
+    peer.write_all(&client_frame(0x2, b"first")).unwrap();
+    peer.write_all(&client_frame(0x1, b"")).unwrap();
+    assert_eq!(read_all(&mut ws), b"first");
+    // The echo sends its reply in two writes, as it does when a socket takes part.
+    assert_eq!(ws.write(b"fir").unwrap(), 3);
+    assert!(
+        read_all(&mut ws).is_empty(),
+        "the empty message has no bytes"
+    );
+    assert_eq!(ws.write(b"st").unwrap(), 2);
+    assert_eq!(server_frame(&mut peer), (0x02, b"fir".to_vec()));
+    assert_eq!(server_frame(&mut peer), (0x80, b"st".to_vec()));
+    assert_eq!(server_frame(&mut peer), (0x81, Vec::new()));
+}
