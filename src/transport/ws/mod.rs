@@ -35,6 +35,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
+mod frames;
 mod out_frame;
 mod probe;
 mod upgrade;
@@ -43,7 +44,7 @@ mod wire;
 pub(crate) use wire::Wire;
 
 use out_frame::OutFrame;
-use probe::{Carry, Probe};
+use probe::{Inbound, Probe};
 use upgrade::Verdict;
 
 use super::LayerCounts;
@@ -57,6 +58,10 @@ const READ_BUFFER: usize = 2 * 1024;
 const STAGE_LIMIT: usize = 32 * 1024;
 /// Bytes of frames tungstenite may hold unsent before `write` takes nothing more.
 const WRITE_BUFFER_LIMIT: usize = 64 * 1024;
+/// After a frame longer than this, tungstenite's read buffer is given back once it holds
+/// nothing (`shrink_if_grown`). Up to it, the buffer is kept: a new one for every message
+/// would cost an allocation each, and an idle connection holds at most this much.
+const SHRINK_AFTER: u64 = 64 * 1024;
 
 /// Where a WebSocket connection is.
 enum Stage {
@@ -109,10 +114,13 @@ pub(crate) struct WsStream<W: Wire> {
     drained: bool,
     /// The peer's FIN was reported.
     peer_fin: bool,
+    /// tungstenite's last read said `WouldBlock`: it took every byte it was handed.
+    tungstenite_waits: bool,
     /// Counted since the server last asked (see `take_counts`).
     counts: LayerCounts,
-    /// Read from the socket, not yet taken by tungstenite.
-    carry: Carry,
+    /// Read from the socket for tungstenite: what it has not taken yet, and where the
+    /// frames it was handed stand.
+    inbound: Inbound,
 }
 
 impl<W: Wire> std::fmt::Debug for WsStream<W> {
@@ -143,8 +151,9 @@ impl<W: Wire> WsStream<W> {
             last_read_short: false,
             drained: false,
             peer_fin: false,
+            tungstenite_waits: false,
             counts: LayerCounts::default(),
-            carry: Carry::default(),
+            inbound: Inbound::default(),
         }
     }
 
@@ -205,7 +214,10 @@ impl<W: Wire> WsStream<W> {
             && self.flush_pending
         {
             match ctx.flush(&mut self.wire) {
-                Ok(()) => self.flush_pending = false,
+                Ok(()) => {
+                    self.flush_pending = false;
+                    self.shrink_if_grown();
+                }
                 Err(tungstenite::Error::Io(err)) if would_block(&err) => {}
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     self.flush_pending = false;
@@ -288,15 +300,8 @@ impl<W: Wire> WsStream<W> {
                 Verdict::Accept { response, used } => {
                     self.out.extend_from_slice(&response);
                     let rest = request[used..].to_vec();
-                    let config = WebSocketConfig::default()
-                        .read_buffer_size(READ_BUFFER)
-                        .write_buffer_size(0)
-                        .max_write_buffer_size(WRITE_BUFFER_LIMIT + self.max_message.min(1 << 20))
-                        .max_message_size(Some(self.max_message))
-                        .max_frame_size(Some(self.max_message));
-                    let ctx =
-                        WebSocketContext::from_partially_read(rest, Role::Server, Some(config));
-                    self.stage = Stage::Open(Box::new(ctx));
+                    self.inbound.frames.feed(&rest);
+                    self.stage = Stage::Open(Box::new(new_context(rest, self.max_message)));
                 }
                 Verdict::Refuse { response } => {
                     self.out.extend_from_slice(&response);
@@ -340,21 +345,23 @@ impl<W: Wire> WsStream<W> {
                         &mut self.wire,
                         false,
                         &mut buf[..stage_len],
-                        &mut self.carry,
+                        &mut self.inbound,
                     )
                     .holding_writes(self.out_frame.is_some());
                     let next = ctx.read(&mut probe);
                     let seen = probe.finish();
                     self.last_read_short = seen.short;
                     self.flush_pending |= seen.wrote;
+                    self.tungstenite_waits = is_would_block(&next);
                     next
                 }
             };
             let message = match next {
                 Ok(message) => message,
+                // Everything read is taken. (A pong or a close reply it could not write
+                // shows as a write it tried: `flush_pending`, and `wants().write`.)
                 Err(tungstenite::Error::Io(err)) if would_block(&err) => {
-                    // Perhaps a pong or a close reply could not be written: say so.
-                    self.flush_pending = true;
+                    self.shrink_if_grown();
                     return Err(err);
                 }
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
@@ -426,13 +433,40 @@ impl<W: Wire> WsStream<W> {
         let Stage::Open(ctx) = &mut self.stage else {
             return;
         };
-        let mut probe = Probe::new(&mut self.wire, true, &mut [], &mut self.carry)
+        let mut probe = Probe::new(&mut self.wire, true, &mut [], &mut self.inbound)
             .holding_writes(self.out_frame.is_some());
         let next = ctx.read(&mut probe);
         self.flush_pending |= probe.finish().wrote;
+        self.tungstenite_waits = is_would_block(&next);
         match next {
-            Err(tungstenite::Error::Io(err)) if would_block(&err) => self.drained = true,
+            Err(tungstenite::Error::Io(err)) if would_block(&err) => {
+                self.drained = true;
+                self.shrink_if_grown();
+            }
             other => self.read_ahead.push_back(other),
+        }
+    }
+
+    /// tungstenite's read buffer grows to the longest frame it is sent and keeps that size:
+    /// one 1 MiB message left a connection holding 1 MiB for as long as it stayed open.
+    /// Past `SHRINK_AFTER`, the first time tungstenite holds nothing (it has just said
+    /// `WouldBlock`, every byte it was handed ends a frame, no fragmented message is open,
+    /// and it has nothing unsent), its context is replaced by a new one: all it held then
+    /// was its configuration. The payloads handed over keep their own memory until they
+    /// are echoed.
+    fn shrink_if_grown(&mut self) {
+        if self.ended
+            || self.flush_pending
+            || !self.tungstenite_waits
+            || !self.inbound.frames.grown_past(SHRINK_AFTER)
+            || !self.inbound.frames.at_rest()
+            || !self.inbound.carry.is_empty()
+        {
+            return;
+        }
+        if let Stage::Open(ctx) = &mut self.stage {
+            **ctx = new_context(Vec::new(), self.max_message);
+            self.inbound.frames.renewed();
         }
     }
 
@@ -447,7 +481,7 @@ impl<W: Wire> WsStream<W> {
         self.drained
             && self.reading.is_none()
             && self.read_ahead.is_empty()
-            && self.carry.is_empty()
+            && self.inbound.carry.is_empty()
     }
 
     /// The peer's FIN was reported: every read goes to the socket from now on.
@@ -474,7 +508,7 @@ impl<W: Wire> WsStream<W> {
                 code,
                 reason: "".into(),
             };
-            let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.carry)
+            let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.inbound)
                 .holding_writes(self.out_frame.is_some());
             let _ = ctx.close(&mut wire, Some(frame));
         }
@@ -538,7 +572,7 @@ impl<W: Wire> WsStream<W> {
         if !self.ended
             && let Stage::Open(ctx) = &mut self.stage
         {
-            let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.carry)
+            let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.inbound)
                 .holding_writes(self.out_frame.is_some());
             let _ = ctx.close(&mut wire, None);
             self.flush_pending = true;
@@ -547,6 +581,22 @@ impl<W: Wire> WsStream<W> {
         self.flush_layer()?;
         self.wire.end()
     }
+}
+
+/// A server's tungstenite context, sized for many connections: `rest` is what followed
+/// the upgrade request in the same read (the client's first frames).
+fn new_context(rest: Vec<u8>, max_message: usize) -> WebSocketContext {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(WRITE_BUFFER_LIMIT + max_message.min(1 << 20))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    WebSocketContext::from_partially_read(rest, Role::Server, Some(config))
+}
+
+fn is_would_block(result: &tungstenite::Result<Message>) -> bool {
+    matches!(result, Err(tungstenite::Error::Io(err)) if would_block(err))
 }
 
 fn into_io(err: tungstenite::Error) -> io::Error {

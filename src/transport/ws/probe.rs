@@ -4,6 +4,16 @@
 
 use std::io::{self, Read, Write};
 
+use super::frames::FrameTracker;
+
+/// What has been read from the socket for tungstenite: bytes it has not taken yet, and
+/// where the frames it has been handed stand.
+#[derive(Debug, Default)]
+pub(super) struct Inbound {
+    pub(super) carry: Carry,
+    pub(super) frames: FrameTracker,
+}
+
 /// Bytes read from the socket beyond what tungstenite asked for, handed to it before the
 /// socket is read again. Allocated only while it holds bytes (an idle connection has none)
 /// and never more than one socket read, `STAGE_LIMIT`.
@@ -56,7 +66,7 @@ pub(super) struct Probe<'a, W> {
     stage: &'a mut [u8],
     /// The part of `stage` read but not yet handed over.
     staged: std::ops::Range<usize>,
-    carry: &'a mut Carry,
+    inbound: &'a mut Inbound,
 }
 
 impl<'a, W> Probe<'a, W> {
@@ -64,7 +74,7 @@ impl<'a, W> Probe<'a, W> {
         wire: &'a mut W,
         refuse: bool,
         stage: &'a mut [u8],
-        carry: &'a mut Carry,
+        inbound: &'a mut Inbound,
     ) -> Self {
         Probe {
             wire,
@@ -74,7 +84,7 @@ impl<'a, W> Probe<'a, W> {
             short: false,
             stage,
             staged: 0..0,
-            carry,
+            inbound,
         }
     }
 
@@ -86,7 +96,7 @@ impl<'a, W> Probe<'a, W> {
     /// Keeps what tungstenite did not take (the stage is about to be overwritten); says
     /// whether the socket read came back short, and whether tungstenite wrote.
     pub(super) fn finish(self) -> ProbeOutcome {
-        self.carry.keep(&self.stage[self.staged]);
+        self.inbound.carry.keep(&self.stage[self.staged]);
         ProbeOutcome {
             short: self.short,
             wrote: self.wrote,
@@ -102,8 +112,16 @@ pub(super) struct ProbeOutcome {
 
 impl<W: Read> Read for Probe<'_, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.carry.is_empty() {
-            return Ok(self.carry.take_into(buf));
+        let n = self.hand_over(buf)?;
+        self.inbound.frames.feed(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<W: Read> Probe<'_, W> {
+    fn hand_over(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.inbound.carry.is_empty() {
+            return Ok(self.inbound.carry.take_into(buf));
         }
         if self.staged.is_empty() {
             if self.refuse {
