@@ -23,6 +23,9 @@
 //! - its write buffer is bounded and only carries control frames (pongs, closes); nothing
 //!   more goes into it while it cannot be emptied, and no frame of ours starts while it
 //!   holds bytes, nor does it write while a frame of ours is part-way out;
+//! - its read buffer grows to the longest frame and keeps that size: past 64 KiB it is
+//!   given back once it holds nothing (`shrink_if_grown`, with `frames` following where
+//!   the frames handed to it stand);
 //! - a `Write` that cannot take bytes says `WouldBlock`, never `Ok(0)`;
 //! - `read` can say `WouldBlock` because a pong could not be flushed, which `wants().write`
 //!   then reports.
