@@ -248,9 +248,10 @@ impl<W: Wire> WsStream<W> {
     }
 
     /// Echoes the empty messages at the head of the queue: they have no bytes for the
-    /// echo to carry, so nothing else would. In their turn, behind every earlier reply.
+    /// echo to carry, so nothing else would. In their turn, behind every earlier reply,
+    /// and never after a close (as `write` sends nothing once the connection has ended).
     fn send_empty_replies(&mut self) -> io::Result<()> {
-        while self.may_start_frame() {
+        while !self.ended && self.may_start_frame() {
             match self.owed_messages.front() {
                 Some(owed) if owed.payload.is_empty() => {
                     let kind = if owed.text { Data::Text } else { Data::Binary };

@@ -195,3 +195,33 @@ fn an_empty_reply_waits_its_turn() {
     assert_eq!(server_frame(&mut peer), (0x80, b"st".to_vec()));
     assert_eq!(server_frame(&mut peer), (0x81, Vec::new()));
 }
+
+/// A close behind an empty message whose reply could not start yet: the close reply is the
+/// last frame, with no data frame after it (RFC 6455, 5.5.1).
+#[test]
+fn nothing_follows_the_close_reply() {
+    let (mut ws, mut peer) = upgraded();
+    peer.write_all(&client_frame(0x2, b"first")).unwrap();
+    assert_eq!(read_all(&mut ws), b"first");
+    ws.wire_mut().room = 3; // the header and one byte of the payload
+    assert_eq!(ws.write(b"first").unwrap(), 5);
+    ws.wire_mut().room = 0;
+    peer.write_all(&client_frame(0x2, b"")).unwrap();
+    peer.write_all(&client_frame(0x8, &1000u16.to_be_bytes()))
+        .unwrap();
+    let mut buf = [0; 64];
+    assert_eq!(ws.read(&mut buf).unwrap(), 0, "the close ends the reading");
+    ws.wire_mut().room = usize::MAX;
+    ws.flush_layer().unwrap();
+    assert_eq!(server_frame(&mut peer), (0x82, b"first".to_vec()));
+    assert_eq!(
+        server_frame(&mut peer),
+        (0x88, 1000u16.to_be_bytes().to_vec())
+    );
+    peer.set_nonblocking(true).unwrap();
+    let after = peer.read(&mut buf);
+    assert!(
+        matches!(&after, Err(err) if err.kind() == io::ErrorKind::WouldBlock),
+        "{after:?} after the close"
+    );
+}
