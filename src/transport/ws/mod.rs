@@ -59,7 +59,9 @@ const READ_BUFFER: usize = 2 * 1024;
 /// The most one socket read takes for tungstenite (into the echo's shared buffer, the
 /// rest kept in `Carry`): a 16 KiB message in one `recv`, not eight of `READ_BUFFER`.
 const STAGE_LIMIT: usize = 32 * 1024;
-/// Bytes of frames tungstenite may hold unsent before `write` takes nothing more.
+/// The most one reply frame carries (a longer message goes back in several frames of the
+/// same message), and the base of the bound on tungstenite's own write buffer, which now
+/// carries only pongs and close replies.
 const WRITE_BUFFER_LIMIT: usize = 64 * 1024;
 /// After a frame longer than this, tungstenite's read buffer is given back once it holds
 /// nothing (`shrink_if_grown`). Up to it, the buffer is kept: a new one for every message
@@ -593,6 +595,8 @@ fn new_context(rest: Vec<u8>, max_message: usize) -> WebSocketContext {
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
+        // Generous for control frames alone: tungstenite keeps one pong waiting at most
+        // (a newer ping replaces it), so a ping flood does not pile up here.
         .max_write_buffer_size(WRITE_BUFFER_LIMIT + max_message.min(1 << 20))
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
