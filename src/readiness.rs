@@ -30,6 +30,24 @@ pub fn interrupted(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Interrupted
 }
 
+/// Writes `owed` until it is all out (`Ok(true)`) or the socket would block (`Ok(false)`,
+/// the rest kept): the small buffers of replies that are not the echo's own (an HTTP
+/// response, an upgrade answer, a control line). A write of nothing is an error.
+pub(crate) fn write_owed(stream: &mut impl io::Write, owed: &mut Vec<u8>) -> io::Result<bool> {
+    while !owed.is_empty() {
+        match stream.write(owed) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                owed.drain(..n);
+            }
+            Err(err) if would_block(&err) => return Ok(false),
+            Err(err) if interrupted(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(true)
+}
+
 /// A libc call's return value as a result: negative means `errno` says what went wrong.
 pub fn syscall_result(rc: isize) -> io::Result<usize> {
     if rc < 0 {

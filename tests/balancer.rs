@@ -92,11 +92,7 @@ fn the_shipped_configs_pass_their_own_checkers() {
             .arg(yaml)
             .output()
             .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let said = common::all_it_said(&out);
         assert!(out.status.success(), "{said}");
         assert_eq!(said.matches("passed for resource").count(), 2, "{said}");
     }

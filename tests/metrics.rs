@@ -149,11 +149,7 @@ fn promtool_accepts_the_exposition() {
     let mut command = Command::new(promtool);
     command.args(["check", "metrics"]);
     let out = run_with_stdin(command, &text);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::all_it_said(&out);
     assert!(out.status.success(), "promtool: {said}\n{text}");
     // promtool's lint also warns (and still exits 0) on naming problems: there are none.
     assert!(said.trim().is_empty(), "promtool: {said}");

@@ -405,11 +405,7 @@ fn the_shipped_units_verify_without_a_warning() {
         .args(&names)
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::all_it_said(&out);
     assert!(out.status.success(), "{said}");
     assert_eq!(said, "", "systemd-analyze verify had something to say");
 }

@@ -15,7 +15,7 @@
 
 mod http;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use mio::{Interest, Registry};
 use slab::Slab;
 
 use crate::reactor::tokens::{MAX_METRICS_CLIENTS, MAX_METRICS_LISTENERS, Owner};
-use crate::readiness::{interrupted, would_block};
+use crate::readiness::{interrupted, would_block, write_owed};
 use crate::telemetry::exposition::{Format, Snapshot};
 use http::{Parsed, Request, Route, Status};
 
@@ -54,9 +54,8 @@ struct Client {
     stream: TcpStream,
     /// What has arrived of the next request head (empty, unallocated, between requests).
     input: Vec<u8>,
-    /// The answer being sent, and how much of it has gone.
+    /// What is left of the answer being sent.
     output: Vec<u8>,
-    written: usize,
     /// Close once `output` is sent.
     closing: bool,
     /// When this client is closed if it has not moved on.
@@ -150,7 +149,6 @@ impl MetricsEndpoint {
                 stream,
                 input: Vec::new(),
                 output: Vec::new(),
-                written: 0,
                 closing: false,
                 deadline: now + REQUEST_TIMEOUT,
             });
@@ -204,17 +202,11 @@ impl Client {
     /// would block (mio's contract on every selector) or the client is done.
     fn drive(&mut self, now: Instant, exporter: &mut dyn Exporter) -> Next {
         loop {
-            while self.written < self.output.len() {
-                match self.stream.write(&self.output[self.written..]) {
-                    Ok(0) => return Next::Close,
-                    Ok(n) => self.written += n,
-                    Err(err) if would_block(&err) => return Next::Keep,
-                    Err(err) if interrupted(&err) => {}
-                    Err(_) => return Next::Close,
-                }
+            match write_owed(&mut self.stream, &mut self.output) {
+                Ok(true) => self.output = Vec::new(),
+                Ok(false) => return Next::Keep,
+                Err(_) => return Next::Close,
             }
-            self.output = Vec::new();
-            self.written = 0;
             if self.closing {
                 return Next::Close;
             }

@@ -14,13 +14,13 @@
 //! This file holds the protocol both sides share and the worker's end ([`MasterLink`], a
 //! room of the worker's loop under [`Owner::Master`](crate::reactor::tokens::Owner)).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use mio::net::UnixStream;
 use mio::{Interest, Registry, Token};
 
-use crate::readiness::{interrupted, would_block};
+use crate::readiness::{interrupted, would_block, write_owed};
 use crate::telemetry::stats::Stats;
 
 /// The environment variable naming the worker's end of the link (a descriptor number).
@@ -164,18 +164,7 @@ impl MasterLink {
 
     /// Writes what is owed until done or the socket would block.
     fn flush(&mut self) -> io::Result<()> {
-        while !self.output.is_empty() {
-            match self.stream.write(&self.output) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.output.drain(..n);
-                }
-                Err(err) if would_block(&err) => return Ok(()),
-                Err(err) if interrupted(&err) => {}
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(())
+        write_owed(&mut self.stream, &mut self.output).map(drop)
     }
 }
 

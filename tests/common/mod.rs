@@ -451,6 +451,16 @@ pub fn metrics_addr(server: &BinaryServer) -> SocketAddr {
     rest.split('/').next().unwrap().parse().unwrap()
 }
 
+/// Everything a finished tool printed, stdout then stderr: what its checks said.
+#[allow(dead_code)]
+pub fn all_it_said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs `command` with `input` on its stdin; its output (stdout and stderr captured).
 #[allow(dead_code)]
 pub fn run_with_stdin(mut command: std::process::Command, input: &str) -> std::process::Output {

@@ -52,7 +52,7 @@ use upgrade::Verdict;
 
 use super::LayerCounts;
 use crate::config::Mode;
-use crate::readiness::{interrupted, would_block};
+use crate::readiness::{interrupted, would_block, write_owed};
 
 /// tungstenite's read buffer per connection: small, since an idle connection keeps it.
 const READ_BUFFER: usize = 2 * 1024;
@@ -197,16 +197,8 @@ impl<W: Wire> WsStream<W> {
 
     /// Writes the upgrade's own bytes, then whatever tungstenite and the wire hold.
     pub(crate) fn flush_layer(&mut self) -> io::Result<()> {
-        while !self.out.is_empty() {
-            match self.wire.write(&self.out) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
-                Err(err) if would_block(&err) => return Ok(()),
-                Err(err) if interrupted(&err) => {}
-                Err(err) => return Err(err),
-            }
+        if !write_owed(&mut self.wire, &mut self.out)? {
+            return Ok(());
         }
         // Our frame part-way out comes first: nothing may be written inside it.
         if let Some(frame) = &mut self.out_frame {
