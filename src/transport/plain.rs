@@ -9,6 +9,11 @@ use std::net::Shutdown;
 
 use mio::net::{TcpStream, UnixStream};
 
+/// A vectored write this small is copied and sent in one `send`. The kernel's `writev`
+/// (its iovec import and file layer) costs more than copying a kilobyte: on a 64 B
+/// WebSocket or TLS echo, about 3 % of the server's CPU per message.
+const SEND_COPIED_UP_TO: usize = 1024;
+
 /// A connected, non-blocking stream socket. Public so that the examples' clients (the load
 /// generator) drive TCP and Unix sockets through the same seam as the server.
 #[derive(Debug)]
@@ -78,12 +83,30 @@ impl Write for Stream {
         }
     }
 
-    /// One `writev`: a frame's header and payload leave together, without a copy.
-    #[inline]
+    /// One system call either way: a WebSocket frame's header and payload, or the records
+    /// rustls holds, leave together. Up to `SEND_COPIED_UP_TO` bytes they are copied into
+    /// one buffer and go by `send`; above it, by one `writev`, without a copy.
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write_vectored(bufs),
-            Stream::Unix(s) => s.write_vectored(bufs),
+        let total: usize = bufs.iter().map(|buf| buf.len()).sum();
+        if total > SEND_COPIED_UP_TO {
+            return match self {
+                Stream::Tcp(s) => s.write_vectored(bufs),
+                Stream::Unix(s) => s.write_vectored(bufs),
+            };
+        }
+        let mut parts = bufs.iter().filter(|buf| !buf.is_empty());
+        match (parts.next(), parts.next()) {
+            (None, _) => Ok(0),
+            (Some(only), None) => self.write(only),
+            _ => {
+                let mut joined = [0u8; SEND_COPIED_UP_TO];
+                let mut len = 0;
+                for buf in bufs {
+                    joined[len..len + buf.len()].copy_from_slice(buf);
+                    len += buf.len();
+                }
+                self.write(&joined[..len])
+            }
         }
     }
 
@@ -93,3 +116,50 @@ impl Write for Stream {
 }
 
 crate::delegate::delegate_source!(Stream, Stream::Tcp, Stream::Unix);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `write_vectored` put on the wire, read back from the other end of the pair.
+    fn sent_by(parts: &[&[u8]]) -> (usize, Vec<u8>) {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut stream = Stream::Unix(ours);
+        let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+        let taken = stream.write_vectored(&slices).unwrap();
+        drop(stream); // EOF behind what was sent
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).unwrap();
+        (taken, got)
+    }
+
+    #[test]
+    fn a_small_vectored_write_arrives_joined_and_whole() {
+        let (taken, got) = sent_by(&[b"\x82\x05", b"", b"hello"]);
+        assert_eq!(taken, 7);
+        assert_eq!(got, b"\x82\x05hello");
+    }
+
+    #[test]
+    fn sizes_either_side_of_the_copy_limit_arrive_in_order() {
+        for total in [
+            SEND_COPIED_UP_TO - 1,
+            SEND_COPIED_UP_TO,
+            SEND_COPIED_UP_TO + 1,
+            5000,
+        ] {
+            let message: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+            let (head, rest) = message.split_at(10);
+            let (middle, tail) = rest.split_at(rest.len() / 2);
+            let (taken, got) = sent_by(&[head, middle, tail]);
+            assert_eq!(taken, total, "{total} bytes: a Unix socket takes them all");
+            assert_eq!(got, message, "{total} bytes");
+        }
+    }
+
+    #[test]
+    fn nothing_to_write_writes_nothing() {
+        let (taken, got) = sent_by(&[b"", b""]);
+        assert_eq!((taken, got.len()), (0, 0));
+    }
+}
