@@ -391,18 +391,31 @@ fn sighup_rereads_the_files_and_a_bad_file_keeps_the_old_certificate() {
 /// Runs Python's `ssl` client against `addr`: one message, its echo, then the version and
 /// the echo printed. `ca`: the certificate to verify against, or none (no verification).
 fn python_client(addr: SocketAddr, ca: Option<&Path>, version: &str, message: &[u8]) -> String {
+    python_client_naming(addr, ca, "localhost", version, message)
+}
+
+/// As `python_client`, sending `name` as the SNI. A name other than `localhost` is not
+/// checked against the certificate, but the certificate still must verify against `ca`.
+fn python_client_naming(
+    addr: SocketAddr,
+    ca: Option<&Path>,
+    name: &str,
+    version: &str,
+    message: &[u8],
+) -> String {
     const SCRIPT: &str = r#"
 import socket, ssl, sys
-addr, port, ca, version, message = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5].encode()
+addr, port, ca, version, message, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5].encode(), sys.argv[6]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 if ca:
     ctx.load_verify_locations(ca)
+    ctx.check_hostname = name == "localhost"
 else:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
 ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
 with socket.create_connection((addr, port), timeout=20) as raw:
-    with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+    with ctx.wrap_socket(raw, server_hostname=name) as tls:
         tls.sendall(message)
         got = b""
         while len(got) < len(message):
@@ -422,6 +435,7 @@ with socket.create_connection((addr, port), timeout=20) as raw:
         .arg(ca.map_or(String::new(), |p| p.display().to_string()))
         .arg(version)
         .arg(String::from_utf8_lossy(message).as_ref())
+        .arg(name)
         .output()
         .expect("python3");
     assert!(
@@ -447,6 +461,26 @@ fn pythons_ssl_module_is_answered_on_tls_1_2_and_1_3() {
     }
     let stats = server.stop();
     assert_eq!(stats.tls_handshakes, 2);
+}
+
+/// echod has one certificate: a client naming a host it does not know (SNI) still gets it
+/// (verified against it) and its echo, on both versions.
+#[test]
+fn an_unknown_sni_gets_the_one_certificate_and_its_echo() {
+    let identity = Identity::new();
+    let server = tls_server(&identity, |_| {});
+    for (version, shown) in [("TLSv1_2", "TLSv1.2"), ("TLSv1_3", "TLSv1.3")] {
+        let out = python_client_naming(
+            server.tls_addrs[0],
+            Some(&identity.cert_path()),
+            "no-such-host.example",
+            version,
+            b"who am I talking to",
+        );
+        assert_eq!(out, format!("{shown} who am I talking to"));
+    }
+    let stats = server.stop();
+    assert_eq!((stats.tls_handshakes, stats.tls_handshakes_failed), (2, 0));
 }
 
 #[test]
