@@ -162,9 +162,10 @@ impl Connection {
         &mut self.transport
     }
 
-    /// Bytes owed to the client now.
+    /// Bytes owed to the client now: the echo's, and those its transport holds of its own
+    /// (see [`Transport::owed`]).
     pub(crate) fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.transport.owed()
     }
 
     /// The transport still holds bytes of its own to send (TLS records): the connection may
@@ -299,14 +300,16 @@ impl Connection {
     /// How many bytes the next read may take without breaking a memory cap, `added`
     /// being what this turn has already queued.
     fn read_room(&self, limits: &Limits, added: usize) -> usize {
-        let owed = self.pending.len();
+        let owed = self.pending_len();
         let room = match limits.mode {
             // Whatever is read may end up owed, so read no more than the cap leaves.
             Mode::Echo => limits.max_pending.saturating_sub(owed),
             // Each read owes one fixed reply, whatever its size.
             Mode::Ack if owed == 0 || owed + ACK_REPLY.len() <= limits.max_pending => usize::MAX,
             Mode::Ack => 0,
-            Mode::Discard => return usize::MAX,
+            // Nothing read is owed back, but a layer's own replies (pongs) may be.
+            Mode::Discard if owed < limits.max_pending => return usize::MAX,
+            Mode::Discard => 0,
         };
         let Some(headroom) = limits.global_headroom else {
             return room;
@@ -338,9 +341,9 @@ impl Connection {
         stats: &mut Stats,
     ) -> io::Result<ReadStop> {
         let mut budget = limits.read_budget;
-        let owed_at_start = self.pending.len();
+        let owed_at_start = self.pending_len();
         loop {
-            let added = self.pending.len().saturating_sub(owed_at_start);
+            let added = self.pending_len().saturating_sub(owed_at_start);
             let room = self.read_room(limits, added).min(scratch.len());
             if room == 0 {
                 trace!(
@@ -364,6 +367,11 @@ impl Connection {
                     return Ok(ReadStop::Eof);
                 }
                 Ok(n) => n,
+                Err(err) if would_block(&err) && self.transport.read_paused() => {
+                    trace!("token {}: the transport paused reading, yield", token.0);
+                    self.next_read = NextRead::Owed;
+                    return Ok(ReadStop::Budget);
+                }
                 Err(err) if would_block(&err) => {
                     trace!("token {}: read WouldBlock", token.0);
                     self.next_read = NextRead::OnEvent;

@@ -8,6 +8,8 @@
 //! - `Transport::read` says `WouldBlock` only when the socket *and* whatever the layer
 //!   has already decoded are empty. "Drain until `WouldBlock`" then means the same on
 //!   every transport: a layer that holds plaintext must hand it over before saying so.
+//!   The one exception is a pause of the layer's own (`Transport::read_paused`), after
+//!   which the loop comes back as it does when the read budget is spent.
 //! - `Transport::write` takes what it can and says `WouldBlock` when it can take nothing
 //!   (never `Ok(0)` for a non-empty buffer).
 //! - What the layer itself must send or receive (handshakes, records it holds, replies to
@@ -119,6 +121,15 @@ pub(crate) trait Transport: Source {
 
     /// What the layer needs from the socket now (see [`Wants`]).
     fn wants(&self) -> Wants;
+
+    /// Bytes the layer holds towards the peer that the echo no longer counts (WebSocket:
+    /// pongs not yet sent, the rest of a reply frame part-way out). They count against
+    /// `--max-pending` with the echo's own.
+    fn owed(&self) -> usize;
+
+    /// The last `read`'s `WouldBlock` was the layer pausing (it went through many frames
+    /// that gave no bytes), not the socket running dry: the loop must come back.
+    fn read_paused(&self) -> bool;
 
     /// Ends our side of the stream (FIN, or the protocol's close first): the peer reads
     /// its end and may still send.
@@ -247,6 +258,25 @@ impl Transport for AnyTransport {
                 read: ws.wants_read() || ws.wire().wants_read(),
                 write: ws.wants_write(),
             },
+        }
+    }
+
+    #[inline]
+    fn owed(&self) -> usize {
+        match self {
+            // rustls keeps at most `TLS_BUFFER_LIMIT` of records, a bound of its own.
+            AnyTransport::Plain(_) | AnyTransport::Tls(_) => 0,
+            AnyTransport::Ws(ws) => ws.owed(),
+            AnyTransport::Wss(ws) => ws.owed(),
+        }
+    }
+
+    #[inline]
+    fn read_paused(&self) -> bool {
+        match self {
+            AnyTransport::Plain(_) | AnyTransport::Tls(_) => false,
+            AnyTransport::Ws(ws) => ws.read_paused(),
+            AnyTransport::Wss(ws) => ws.read_paused(),
         }
     }
 

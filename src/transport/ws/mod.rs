@@ -28,7 +28,10 @@
 //!   the frames handed to it stand);
 //! - a `Write` that cannot take bytes says `WouldBlock`, never `Ok(0)`;
 //! - `read` can say `WouldBlock` because a pong could not be flushed, which `wants().write`
-//!   then reports.
+//!   then reports;
+//! - replies it makes itself owe the echo nothing, so `owed` counts them (unsent pongs,
+//!   queued replies) against `--max-pending`, and a run of frames without data pauses the
+//!   read (`QUIET_FRAMES_PER_READ`): a ping flood is held like any other flood.
 
 use std::collections::VecDeque;
 use std::io;
@@ -67,6 +70,10 @@ const WRITE_BUFFER_LIMIT: usize = 64 * 1024;
 /// nothing (`shrink_if_grown`). Up to it, the buffer is kept: a new one for every message
 /// would cost an allocation each, and an idle connection holds at most this much.
 const SHRINK_AFTER: u64 = 64 * 1024;
+/// The most frames that give the echo no bytes (pings, pongs, empty messages) one `read`
+/// goes through before it pauses: a flood of them gets its turn like any other client,
+/// and the replies they owe are weighed against `--max-pending` between turns.
+const QUIET_FRAMES_PER_READ: usize = 32;
 
 /// Where a WebSocket connection is.
 enum Stage {
@@ -101,6 +108,11 @@ pub(crate) struct WsStream<W: Wire> {
     owed_messages: VecDeque<OwedMessage>,
     /// tungstenite holds frames it could not flush yet.
     flush_pending: bool,
+    /// How many bytes of those it holds, as its last write showed (`ProbeOutcome::unsent`).
+    control_unsent: usize,
+    /// The last `read` said `WouldBlock` to pause (`QUIET_FRAMES_PER_READ`), not because
+    /// everything had been read.
+    read_paused: bool,
     /// Our own data frame still part-way out (see `OutFrame`).
     out_frame: Option<OutFrame>,
     /// The connection has ended at the WebSocket level (close received or sent).
@@ -147,6 +159,8 @@ impl<W: Wire> WsStream<W> {
             reading: None,
             owed_messages: VecDeque::new(),
             flush_pending: false,
+            control_unsent: 0,
+            read_paused: false,
             out_frame: None,
             ended: false,
             mode,
@@ -195,6 +209,22 @@ impl<W: Wire> WsStream<W> {
             || self.wire.wire_wants_write()
     }
 
+    /// What this layer holds towards the client beyond what the echo owes: control frames
+    /// tungstenite has not sent, the rest of a reply frame part-way out, and the
+    /// bookkeeping of each message whose reply is owed (an empty message owes no bytes,
+    /// but its turn in the queue still costs memory). It counts against `--max-pending`.
+    pub(crate) fn owed(&self) -> usize {
+        self.out.len()
+            + self.control_unsent
+            + self.out_frame.as_ref().map_or(0, OutFrame::unsent)
+            + self.owed_messages.len() * std::mem::size_of::<OwedMessage>()
+    }
+
+    /// The last `read`'s `WouldBlock` was a pause, with more perhaps still to read.
+    pub(crate) fn read_paused(&self) -> bool {
+        self.read_paused
+    }
+
     /// Writes the upgrade's own bytes, then whatever tungstenite and the wire hold.
     pub(crate) fn flush_layer(&mut self) -> io::Result<()> {
         if !write_owed(&mut self.wire, &mut self.out)? {
@@ -210,14 +240,21 @@ impl<W: Wire> WsStream<W> {
         if let Stage::Open(ctx) = &mut self.stage
             && self.flush_pending
         {
-            match ctx.flush(&mut self.wire) {
+            let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.inbound);
+            let flushed = ctx.flush(&mut wire);
+            if let Some(unsent) = wire.finish().unsent {
+                self.control_unsent = unsent;
+            }
+            match flushed {
                 Ok(()) => {
                     self.flush_pending = false;
+                    self.control_unsent = 0;
                     self.shrink_if_grown();
                 }
                 Err(tungstenite::Error::Io(err)) if would_block(&err) => {}
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     self.flush_pending = false;
+                    self.control_unsent = 0;
                 }
                 Err(err) => return Err(into_io(err)),
             }
@@ -264,6 +301,7 @@ impl<W: Wire> WsStream<W> {
     }
 
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_paused = false;
         loop {
             match &mut self.stage {
                 Stage::Upgrade { .. } => {
@@ -313,6 +351,7 @@ impl<W: Wire> WsStream<W> {
 
     /// Hands over payload of the next data message (or the rest of the current one).
     fn read_message(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut quiet_frames = 0;
         loop {
             if let Some((payload, at)) = &mut self.reading {
                 if *at > 0 {
@@ -334,6 +373,11 @@ impl<W: Wire> WsStream<W> {
             let Stage::Open(ctx) = &mut self.stage else {
                 return Ok(0);
             };
+            if quiet_frames == QUIET_FRAMES_PER_READ {
+                log::trace!("websocket: {quiet_frames} frames without data: pause reading");
+                self.read_paused = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             // A message read ahead (see below) comes first.
             let next = match self.read_ahead.pop_front() {
                 Some(next) => next,
@@ -350,6 +394,7 @@ impl<W: Wire> WsStream<W> {
                     let seen = probe.finish();
                     self.last_read_short = seen.short;
                     self.flush_pending |= seen.wrote;
+                    self.control_unsent = seen.unsent.unwrap_or(self.control_unsent);
                     self.tungstenite_waits = is_would_block(&next);
                     next
                 }
@@ -397,6 +442,7 @@ impl<W: Wire> WsStream<W> {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                     self.flush_pending = true;
                     self.flush_layer()?;
+                    quiet_frames += 1;
                     continue;
                 }
             };
@@ -411,6 +457,7 @@ impl<W: Wire> WsStream<W> {
             if payload.is_empty() {
                 // No bytes for the echo to carry: its reply goes out here, in its turn.
                 self.send_empty_replies()?;
+                quiet_frames += 1;
                 continue;
             }
             self.reading = Some((payload, 0));
@@ -434,7 +481,9 @@ impl<W: Wire> WsStream<W> {
         let mut probe = Probe::new(&mut self.wire, true, &mut [], &mut self.inbound)
             .holding_writes(self.out_frame.is_some());
         let next = ctx.read(&mut probe);
-        self.flush_pending |= probe.finish().wrote;
+        let seen = probe.finish();
+        self.flush_pending |= seen.wrote;
+        self.control_unsent = seen.unsent.unwrap_or(self.control_unsent);
         self.tungstenite_waits = is_would_block(&next);
         match next {
             Err(tungstenite::Error::Io(err)) if would_block(&err) => {
@@ -509,6 +558,7 @@ impl<W: Wire> WsStream<W> {
             let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.inbound)
                 .holding_writes(self.out_frame.is_some());
             let _ = ctx.close(&mut wire, Some(frame));
+            self.control_unsent = wire.finish().unsent.unwrap_or(self.control_unsent);
         }
         self.flush_pending = true;
         self.ended = true;
@@ -573,6 +623,7 @@ impl<W: Wire> WsStream<W> {
             let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.inbound)
                 .holding_writes(self.out_frame.is_some());
             let _ = ctx.close(&mut wire, None);
+            self.control_unsent = wire.finish().unsent.unwrap_or(self.control_unsent);
             self.flush_pending = true;
             self.ended = true;
         }

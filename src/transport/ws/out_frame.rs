@@ -45,6 +45,11 @@ impl OutFrame {
         }
     }
 
+    /// Bytes of the frame not yet written.
+    pub(super) fn unsent(&self) -> usize {
+        self.head_len + self.payload.len() - self.sent
+    }
+
     /// Writes what the wire takes: true once all of the frame is out.
     pub(super) fn write_to(&mut self, wire: &mut impl Write) -> io::Result<bool> {
         loop {

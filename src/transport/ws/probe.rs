@@ -62,6 +62,8 @@ pub(super) struct Probe<'a, W> {
     hold_writes: bool,
     /// tungstenite tried to write (a pong or a close reply): it may hold bytes now.
     wrote: bool,
+    /// What its last write left unsent (see `ProbeOutcome::unsent`).
+    unsent: Option<usize>,
     short: bool,
     stage: &'a mut [u8],
     /// The part of `stage` read but not yet handed over.
@@ -81,6 +83,7 @@ impl<'a, W> Probe<'a, W> {
             refuse,
             hold_writes: false,
             wrote: false,
+            unsent: None,
             short: false,
             stage,
             staged: 0..0,
@@ -100,6 +103,7 @@ impl<'a, W> Probe<'a, W> {
         ProbeOutcome {
             short: self.short,
             wrote: self.wrote,
+            unsent: self.unsent,
         }
     }
 }
@@ -108,6 +112,10 @@ impl<'a, W> Probe<'a, W> {
 pub(super) struct ProbeOutcome {
     pub(super) short: bool,
     pub(super) wrote: bool,
+    /// How many bytes tungstenite holds unsent, if it wrote at all. It hands its whole
+    /// write buffer to every write it makes, and makes one after every frame it buffers
+    /// (its `write_buffer_size` is 0), so what its last write left over is all it holds.
+    pub(super) unsent: Option<usize>,
 }
 
 impl<W: Read> Read for Probe<'_, W> {
@@ -146,10 +154,13 @@ impl<W: Read> Probe<'_, W> {
 impl<W: Write> Write for Probe<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.wrote = true;
+        self.unsent = Some(buf.len());
         if self.hold_writes {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        self.wire.write(buf)
+        let n = self.wire.write(buf)?;
+        self.unsent = Some(buf.len() - n);
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.wire.flush()

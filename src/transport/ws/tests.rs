@@ -225,3 +225,68 @@ fn nothing_follows_the_close_reply() {
         "{after:?} after the close"
     );
 }
+
+/// What the layer holds towards the client counts as owed (`--max-pending` weighs it):
+/// pongs tungstenite could not send, and the queued replies of empty messages, which
+/// owe no bytes but cost their place in the queue.
+#[test]
+fn pongs_and_empty_replies_held_back_count_as_owed() {
+    let (mut ws, mut peer) = upgraded();
+    ws.wire.room = 0;
+    let mut flood = Vec::new();
+    for n in 0..3u8 {
+        flood.extend(client_frame(0x9, &[n; 5]));
+    }
+    for _ in 0..4 {
+        flood.extend(client_frame(0x2, b""));
+    }
+    peer.write_all(&flood).unwrap();
+    assert!(read_all(&mut ws).is_empty());
+    assert!(!ws.read_paused(), "seven frames are not a flood");
+    let pong = 2 + 5;
+    let entry = std::mem::size_of::<super::OwedMessage>();
+    assert_eq!(ws.owed(), 3 * pong + 4 * entry);
+    // Room again: every pong and every empty reply goes out, in order; nothing is owed.
+    ws.wire.room = usize::MAX;
+    ws.flush_layer().unwrap();
+    assert_eq!(ws.owed(), 0);
+    for n in 0..3u8 {
+        assert_eq!(server_frame(&mut peer), (0x8a, vec![n; 5]));
+    }
+    for _ in 0..4 {
+        assert_eq!(server_frame(&mut peer), (0x82, Vec::new()));
+    }
+}
+
+/// A run of frames that give the echo no bytes pauses the read after
+/// `QUIET_FRAMES_PER_READ` of them (the loop comes back, as after a spent read budget),
+/// and the next read goes on where it stopped.
+#[test]
+fn a_run_of_pings_pauses_the_read_and_the_next_read_goes_on() {
+    let (mut ws, mut peer) = upgraded();
+    let pings = super::QUIET_FRAMES_PER_READ + 8;
+    let mut flood = Vec::new();
+    for n in 0..pings {
+        flood.extend(client_frame(0x9, &(n as u32).to_be_bytes()));
+    }
+    flood.extend(client_frame(0x2, b"data"));
+    peer.write_all(&flood).unwrap();
+    let mut buf = [0; 64];
+    let err = ws.read(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    assert!(
+        ws.read_paused(),
+        "paused after {} pings",
+        super::QUIET_FRAMES_PER_READ
+    );
+    assert_eq!(read_all(&mut ws), b"data");
+    assert!(!ws.read_paused());
+    assert_eq!(ws.write(b"data").unwrap(), 4);
+    for n in 0..pings {
+        assert_eq!(
+            server_frame(&mut peer),
+            (0x8a, (n as u32).to_be_bytes().to_vec())
+        );
+    }
+    assert_eq!(server_frame(&mut peer), (0x82, b"data".to_vec()));
+}
