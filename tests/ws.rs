@@ -365,6 +365,42 @@ fn a_client_that_never_reads_is_held_at_the_cap_and_loses_nothing() {
 /// reached may pass it by that much.
 const ONE_MESSAGE_BOOKKEEPING: u64 = 64;
 
+/// A client that breaks RFC 6455 gets close code 1002 and nothing else of the server's:
+/// an unmasked frame, a reserved bit, an unknown opcode, and a close frame carrying a code
+/// no endpoint may send. The others are served meanwhile.
+#[test]
+fn protocol_errors_close_with_1002() {
+    let (server, addr) = ws_server(|_| {});
+    let unmasked = [0x82, 0x03, b'a', b'b', b'c'];
+    let mut reserved_bit = masked_frame(0x02, true, b"abc");
+    reserved_bit[0] |= 0x40; // RSV1 without an extension that defines it
+    let unknown_opcode = masked_frame(0x03, true, b"abc");
+    let forbidden_code = masked_frame(0x08, true, &1005u16.to_be_bytes()); // "no code": never sent
+    for (what, frame) in [
+        ("an unmasked frame", unmasked.to_vec()),
+        ("a reserved bit", reserved_bit),
+        ("an unknown opcode", unknown_opcode),
+        ("close code 1005", forbidden_code),
+    ] {
+        let mut raw = connect(addr);
+        upgrade_by_hand(&mut raw);
+        raw.write_all(&frame).unwrap();
+        assert_eq!(close_code(&mut raw), 1002, "{what}");
+        assert_eq!(
+            common::read_to_end(&mut raw),
+            b"",
+            "nothing after the close: {what}"
+        );
+        let mut socket = ws_connect(addr);
+        socket.send(Message::text("still here")).unwrap();
+        assert_eq!(next_data(&mut socket), Message::text("still here"));
+    }
+    let stats = server.wait_for("every connection closed", |s| s.closed_total() == 8);
+    // The close frame is a close received, answered with 1002; the other three are
+    // echod's own closes for a protocol error.
+    assert_eq!(stats.ws_closed_protocol, 3, "{stats:?}");
+}
+
 /// A TCP connection whose receive buffer is small: a server's reply to it is held back
 /// by the socket soon.
 fn small_window_connect(addr: SocketAddr) -> TcpStream {

@@ -37,6 +37,7 @@ use std::collections::VecDeque;
 use std::io;
 
 use tungstenite::Message;
+use tungstenite::error::ProtocolError;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
@@ -418,6 +419,12 @@ impl<W: Wire> WsStream<W> {
                     ) =>
                 {
                     // The client went without the closing handshake: an end all the same.
+                    self.ended = true;
+                    return Ok(0);
+                }
+                Err(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                    // tungstenite's word for a FIN before any close frame: an end, as a FIN
+                    // without close_notify is on TLS, not a protocol error to answer.
                     self.ended = true;
                     return Ok(0);
                 }
