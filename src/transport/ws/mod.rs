@@ -8,7 +8,9 @@
 //! 2. **Frames.** tungstenite's `WebSocketContext`, driven over our own stream (not its TLS
 //!    or its blocking socket), reads them: it unmasks, reassembles fragments, checks UTF-8,
 //!    answers pings and closes. The replies to data messages are written by us
-//!    (`out_frame`), around its write buffer.
+//!    (`out_frame`), around its write buffer. And while it holds nothing, a whole data
+//!    frame that arrives in one read is read around it too (`around`, `read_around`):
+//!    the commonest message costs no copy into its buffer.
 //!
 //! The echo above stays byte-oriented, as on every transport: `read` hands over the payload
 //! of data messages in order, and `write` sends bytes back as frames of the same kind and
@@ -42,6 +44,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
+mod around;
 mod frames;
 mod out_frame;
 mod probe;
@@ -50,6 +53,7 @@ mod wire;
 
 pub(crate) use wire::Wire;
 
+use around::WholeFrame;
 use out_frame::OutFrame;
 use probe::{Inbound, Probe};
 use upgrade::Verdict;
@@ -90,11 +94,39 @@ enum Stage {
 #[derive(Clone, Debug)]
 struct OwedMessage {
     text: bool,
-    /// The message as received: in echo mode the bytes written back are exactly these, so
-    /// frames are cut from it (a reference, no copy) rather than from the bytes written.
-    payload: tungstenite::Bytes,
+    body: Body,
     /// How much of it has gone back.
     sent: usize,
+}
+
+/// Where the reply frames of an owed message take their payload from.
+#[derive(Clone, Debug)]
+enum Body {
+    /// The message as tungstenite handed it over: in echo mode the bytes written back are
+    /// exactly these, so frames are cut from it (a reference, no copy).
+    Kept(tungstenite::Bytes),
+    /// A message read around tungstenite (`read_around`), of this length: nothing is kept,
+    /// and its frames carry the echo's own bytes as they are written.
+    Echoed(usize),
+}
+
+impl OwedMessage {
+    fn len(&self) -> usize {
+        match &self.body {
+            Body::Kept(payload) => payload.len(),
+            Body::Echoed(len) => *len,
+        }
+    }
+}
+
+/// What `read_around` found.
+enum Around {
+    /// A whole message, its payload now at the start of the buffer.
+    Message(usize),
+    /// Bytes read that tungstenite must have: this many at the start of the buffer.
+    ForTungstenite(usize),
+    /// The client's end.
+    End,
 }
 
 /// One WebSocket connection over `W`.
@@ -285,7 +317,7 @@ impl<W: Wire> WsStream<W> {
     fn send_empty_replies(&mut self) -> io::Result<()> {
         while !self.ended && self.may_start_frame() {
             match self.owed_messages.front() {
-                Some(owed) if owed.payload.is_empty() => {
+                Some(owed) if owed.len() == 0 => {
                     let kind = if owed.text { Data::Text } else { Data::Binary };
                     self.owed_messages.pop_front();
                     self.counts.ws_messages_out += 1;
@@ -371,9 +403,9 @@ impl<W: Wire> WsStream<W> {
             if self.ended {
                 return Ok(0);
             }
-            let Stage::Open(ctx) = &mut self.stage else {
+            if !matches!(self.stage, Stage::Open(_)) {
                 return Ok(0);
-            };
+            }
             if quiet_frames == QUIET_FRAMES_PER_READ {
                 log::trace!("websocket: {quiet_frames} frames without data: pause reading");
                 self.read_paused = true;
@@ -384,12 +416,27 @@ impl<W: Wire> WsStream<W> {
                 Some(next) => next,
                 None => {
                     let stage_len = buf.len().min(STAGE_LIMIT);
+                    let mut already_read = 0;
+                    if self.tungstenite_holds_nothing() {
+                        match self.read_around(&mut buf[..stage_len])? {
+                            Around::Message(n) => return Ok(n),
+                            Around::ForTungstenite(n) => already_read = n,
+                            Around::End => {
+                                self.ended = true;
+                                return Ok(0);
+                            }
+                        }
+                    }
+                    let Stage::Open(ctx) = &mut self.stage else {
+                        return Ok(0);
+                    };
                     let mut probe = Probe::new(
                         &mut self.wire,
                         false,
                         &mut buf[..stage_len],
                         &mut self.inbound,
                     )
+                    .already_read(already_read)
                     .holding_writes(self.out_frame.is_some());
                     let next = ctx.read(&mut probe);
                     let seen = probe.finish();
@@ -457,7 +504,7 @@ impl<W: Wire> WsStream<W> {
             if self.mode == Mode::Echo {
                 self.owed_messages.push_back(OwedMessage {
                     text,
-                    payload: payload.clone(),
+                    body: Body::Kept(payload.clone()),
                     sent: 0,
                 });
             }
@@ -470,6 +517,65 @@ impl<W: Wire> WsStream<W> {
             self.reading = Some((payload, 0));
             self.look_ahead();
         }
+    }
+
+    /// tungstenite has said `WouldBlock` and every byte it was handed ends a frame of a
+    /// complete message, so it holds nothing read; nothing is carried, read ahead or
+    /// unsent. The next frame may then be read around it (see `around`).
+    fn tungstenite_holds_nothing(&self) -> bool {
+        self.tungstenite_waits
+            && !self.ended
+            && !self.flush_pending
+            && self.read_ahead.is_empty()
+            && self.inbound.carry.is_empty()
+            && self.inbound.frames.at_rest()
+    }
+
+    /// Reads the socket into `stage` (the echo's buffer). A whole data frame at its start
+    /// is unmasked and its payload moved to the start, for the echo; what follows it is
+    /// carried for tungstenite. Anything else is left as read, for tungstenite.
+    fn read_around(&mut self, stage: &mut [u8]) -> io::Result<Around> {
+        let n = match self.wire.read(stage) {
+            Ok(0) => return Ok(Around::End),
+            Ok(n) => n,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return Ok(Around::End);
+            }
+            Err(err) => return Err(err),
+        };
+        let Some(frame) = WholeFrame::at_start_of(&stage[..n], self.max_message) else {
+            return Ok(Around::ForTungstenite(n));
+        };
+        frame.unmask(stage);
+        let end = frame.head_len + frame.len;
+        if frame.text && std::str::from_utf8(&stage[frame.head_len..end]).is_err() {
+            frame.unmask(stage); // as it came: tungstenite closes with 1007
+            return Ok(Around::ForTungstenite(n));
+        }
+        log::trace!(
+            "websocket: a whole {}-byte {} frame, read around tungstenite",
+            frame.len,
+            if frame.text { "text" } else { "binary" }
+        );
+        self.inbound.carry.keep(&stage[end..n]);
+        stage.copy_within(frame.head_len..end, 0);
+        self.counts.ws_messages_in += 1;
+        if self.mode == Mode::Echo {
+            self.owed_messages.push_back(OwedMessage {
+                text: frame.text,
+                body: Body::Echoed(frame.len),
+                sent: 0,
+            });
+        }
+        self.last_read_short = n < stage.len();
+        self.drained =
+            end == n && self.last_read_short && self.wire.short_read_is_drained() && !self.peer_fin;
+        Ok(Around::Message(frame.len))
     }
 
     /// After a message that came with a short read of the socket, asks tungstenite for the
@@ -584,35 +690,48 @@ impl<W: Wire> WsStream<W> {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
         }
-        let (frame, taken) = match self.owed_messages.front_mut() {
+        let (opcode, last, kept, taken) = match self.owed_messages.front_mut() {
             Some(owed) => {
-                debug_assert!(!owed.payload.is_empty(), "empty replies go out first");
-                let left = owed.payload.len() - owed.sent;
+                debug_assert!(owed.len() > 0, "empty replies go out first");
+                let left = owed.len() - owed.sent;
                 let taken = buf.len().min(left).min(WRITE_BUFFER_LIMIT);
                 let opcode = match (owed.sent == 0, owed.text) {
                     (false, _) => OpCode::Data(Data::Continue),
                     (true, true) => OpCode::Data(Data::Text),
                     (true, false) => OpCode::Data(Data::Binary),
                 };
-                let data = owed.payload.slice(owed.sent..owed.sent + taken);
-                debug_assert_eq!(&data[..], &buf[..taken], "an echo writes what it read");
+                let kept = match &owed.body {
+                    Body::Kept(payload) => {
+                        let data = payload.slice(owed.sent..owed.sent + taken);
+                        debug_assert_eq!(&data[..], &buf[..taken], "an echo writes what it read");
+                        Some(data)
+                    }
+                    Body::Echoed(_) => None,
+                };
                 owed.sent += taken;
-                let last = owed.sent == owed.payload.len();
+                let last = owed.sent == owed.len();
                 if last {
                     self.owed_messages.pop_front();
                     self.counts.ws_messages_out += 1;
                 }
-                (OutFrame::new(opcode, last, data), taken)
+                (opcode, last, kept, taken)
             }
             // --mode ack: each reply is a text message of its own.
             None => {
                 let taken = buf.len().min(WRITE_BUFFER_LIMIT);
-                let data = tungstenite::Bytes::copy_from_slice(&buf[..taken]);
                 self.counts.ws_messages_out += 1;
-                (OutFrame::new(OpCode::Data(Data::Text), true, data), taken)
+                (OpCode::Data(Data::Text), true, None, taken)
             }
         };
-        self.start_frame(frame)?;
+        match kept {
+            Some(data) => self.start_frame(OutFrame::new(opcode, last, data))?,
+            None => {
+                // From the echo's bytes: copied only if the wire cannot take all of them.
+                debug_assert!(self.may_start_frame());
+                self.out_frame =
+                    OutFrame::write_borrowed(opcode, last, &buf[..taken], &mut self.wire)?;
+            }
+        }
         self.send_empty_replies()?;
         self.wire.flush_wire()?;
         Ok(taken)

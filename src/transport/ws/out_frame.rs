@@ -26,6 +26,13 @@ impl OutFrame {
     const MAX_HEAD: usize = 10;
 
     pub(super) fn new(opcode: OpCode, is_final: bool, payload: tungstenite::Bytes) -> OutFrame {
+        let mut frame = OutFrame::head_only(opcode, is_final, payload.len());
+        frame.payload = payload;
+        frame
+    }
+
+    /// The header of a frame of `len` bytes, formatted by tungstenite; no payload yet.
+    fn head_only(opcode: OpCode, is_final: bool, len: usize) -> OutFrame {
         let header = FrameHeader {
             is_final,
             opcode,
@@ -34,15 +41,51 @@ impl OutFrame {
         let mut head = [0u8; OutFrame::MAX_HEAD];
         let mut cursor = io::Cursor::new(&mut head[..]);
         header
-            .format(payload.len() as u64, &mut cursor)
+            .format(len as u64, &mut cursor)
             .expect("an unmasked frame header fits in ten bytes");
         let head_len = cursor.position() as usize;
         OutFrame {
             head,
             head_len,
-            payload,
+            payload: tungstenite::Bytes::new(),
             sent: 0,
         }
+    }
+
+    /// Writes a frame of `payload` (the caller's bytes) as far as the wire takes it: `None`
+    /// once all of it is out, or the frame to finish later, holding a copy of the rest.
+    pub(super) fn write_borrowed(
+        opcode: OpCode,
+        is_final: bool,
+        payload: &[u8],
+        wire: &mut impl Write,
+    ) -> io::Result<Option<OutFrame>> {
+        let mut frame = OutFrame::head_only(opcode, is_final, payload.len());
+        let total = frame.head_len + payload.len();
+        let mut sent = 0;
+        while sent < total {
+            let result = if sent < frame.head_len {
+                wire.write_vectored(&[
+                    io::IoSlice::new(&frame.head[sent..frame.head_len]),
+                    io::IoSlice::new(payload),
+                ])
+            } else {
+                wire.write(&payload[sent - frame.head_len..])
+            };
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(err) if would_block(&err) => break,
+                Err(err) if interrupted(&err) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if sent == total {
+            return Ok(None);
+        }
+        frame.payload = tungstenite::Bytes::copy_from_slice(payload);
+        frame.sent = sent;
+        Ok(Some(frame))
     }
 
     /// Bytes of the frame not yet written.

@@ -39,7 +39,7 @@ impl Carry {
         n
     }
 
-    fn keep(&mut self, rest: &[u8]) {
+    pub(super) fn keep(&mut self, rest: &[u8]) {
         if !rest.is_empty() {
             debug_assert!(self.is_empty(), "a socket read while bytes were carried");
             self.bytes = rest.to_vec();
@@ -89,6 +89,14 @@ impl<'a, W> Probe<'a, W> {
             staged: 0..0,
             inbound,
         }
+    }
+
+    /// The first `n` bytes of `stage` were already read from the socket (by
+    /// `read_around`): they are handed over before the socket is read again.
+    pub(super) fn already_read(mut self, n: usize) -> Self {
+        self.short = n > 0 && n < self.stage.len();
+        self.staged = 0..n;
+        self
     }
 
     pub(super) fn holding_writes(mut self, hold: bool) -> Self {

@@ -290,3 +290,48 @@ fn a_run_of_pings_pauses_the_read_and_the_next_read_goes_on() {
     }
     assert_eq!(server_frame(&mut peer), (0x82, b"data".to_vec()));
 }
+
+/// A whole frame arriving in one read goes around tungstenite (it is never handed to
+/// it), and what follows it in the same read (a fragmented message with a ping inside)
+/// goes through tungstenite, in order.
+#[test]
+fn a_whole_frame_is_read_around_tungstenite_and_what_follows_is_not() {
+    let (mut ws, mut peer) = upgraded();
+    peer.write_all(&client_frame(0x2, b"around")).unwrap();
+    assert_eq!(read_all(&mut ws), b"around");
+    assert!(
+        !ws.inbound.frames.grown_past(0),
+        "tungstenite was handed no frame"
+    );
+    assert_eq!(ws.write(b"around").unwrap(), 6);
+    assert_eq!(server_frame(&mut peer), (0x82, b"around".to_vec()));
+
+    let mut burst = client_frame(0x2, b"one");
+    burst.extend([0x01, 0x82, 7, 1, 9, 3, b't' ^ 7, b'w' ^ 1]); // text "tw", not final
+    burst.extend(client_frame(0x9, b"ping"));
+    burst.extend(client_frame(0x0, b"o")); // its last fragment
+    peer.write_all(&burst).unwrap();
+    assert_eq!(read_all(&mut ws), b"onetwo");
+    assert!(
+        ws.inbound.frames.grown_past(0),
+        "the rest went through tungstenite"
+    );
+    // The pong went out as the ping was read (here, before any echo was written).
+    assert_eq!(server_frame(&mut peer), (0x8a, b"ping".to_vec()));
+    assert_eq!(ws.write(b"one").unwrap(), 3);
+    assert_eq!(ws.write(b"two").unwrap(), 3);
+    assert_eq!(server_frame(&mut peer), (0x82, b"one".to_vec()));
+    assert_eq!(server_frame(&mut peer), (0x81, b"two".to_vec()));
+}
+
+/// Invalid UTF-8 in a whole text frame is handed to tungstenite as it came (masked
+/// again), and tungstenite closes with 1007 as it always did.
+#[test]
+fn invalid_utf8_read_around_is_still_tungstenites_to_refuse() {
+    let (mut ws, mut peer) = upgraded();
+    peer.write_all(&client_frame(0x1, &[0xff, 0xfe])).unwrap();
+    let mut buf = [0; 64];
+    assert_eq!(ws.read(&mut buf).unwrap(), 0, "the connection ends");
+    let (first, body) = server_frame(&mut peer);
+    assert_eq!((first, &body[..2]), (0x88, &1007u16.to_be_bytes()[..]));
+}

@@ -1,0 +1,144 @@
+//! Reading around tungstenite: the commonest frame, read without it.
+//!
+//! Nearly every message an echo sees is one frame (final, masked, text or binary, no
+//! extension bits) that arrives whole in one socket read. Handing it to tungstenite costs
+//! a copy into its read buffer, a zero-fill of that buffer before the copy, a reference-
+//! counted payload and the frame's parse a second time; together that is most of echod's
+//! user-space time per message. So, when tungstenite holds nothing (it has said
+//! `WouldBlock`, and every byte it was handed ended a frame of a complete message), the
+//! socket is read into the echo's buffer here, and such a frame is unmasked in place and
+//! handed to the echo directly. Its header is still parsed by tungstenite's own
+//! `FrameHeader::parse`. Anything else (control frames, fragments, a frame not all here,
+//! extension bits, invalid UTF-8, an oversized message) goes to tungstenite exactly as
+//! read, which then decides as it always did.
+
+use std::io::Cursor;
+
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+/// A data frame that can go around tungstenite, found at the start of what was read.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct WholeFrame {
+    /// Where its payload starts, and how long it is (never 0: an empty message goes to
+    /// tungstenite, since a read of no bytes would mean the client's end).
+    pub(super) head_len: usize,
+    pub(super) len: usize,
+    pub(super) text: bool,
+    pub(super) mask: [u8; 4],
+}
+
+impl WholeFrame {
+    /// The frame at the start of `bytes`, if it is whole and of the one shape read
+    /// around tungstenite, and its message no longer than `max_message`.
+    pub(super) fn at_start_of(bytes: &[u8], max_message: usize) -> Option<WholeFrame> {
+        let mut cursor = Cursor::new(bytes);
+        let (header, len) = FrameHeader::parse(&mut cursor).ok()??;
+        let head_len = cursor.position() as usize;
+        let text = match header.opcode {
+            OpCode::Data(Data::Text) => true,
+            OpCode::Data(Data::Binary) => false,
+            _ => return None,
+        };
+        let whole = len > 0
+            && len <= max_message as u64
+            && len <= (bytes.len() - head_len) as u64
+            && header.is_final
+            && !(header.rsv1 || header.rsv2 || header.rsv3);
+        Some(WholeFrame {
+            head_len,
+            len: len as usize,
+            text,
+            mask: header.mask?,
+        })
+        .filter(|_| whole)
+    }
+
+    /// Unmasks the payload in place (masking is its own inverse: applied again, it gives
+    /// the bytes back as they came).
+    pub(super) fn unmask(&self, frame: &mut [u8]) {
+        let payload = &mut frame[self.head_len..self.head_len + self.len];
+        let mask = u64::from_ne_bytes([
+            self.mask[0],
+            self.mask[1],
+            self.mask[2],
+            self.mask[3],
+            self.mask[0],
+            self.mask[1],
+            self.mask[2],
+            self.mask[3],
+        ]);
+        let mut words = payload.chunks_exact_mut(8);
+        for word in &mut words {
+            let unmasked = u64::from_ne_bytes((&*word).try_into().unwrap()) ^ mask;
+            word.copy_from_slice(&unmasked.to_ne_bytes());
+        }
+        for (i, byte) in words.into_remainder().iter_mut().enumerate() {
+            *byte ^= self.mask[i % 4];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WholeFrame;
+
+    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0xa1, 0x02, 0xf3, 0x44];
+        let mut frame = vec![first];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    #[test]
+    fn a_whole_final_data_frame_is_found_and_unmasked() {
+        for len in [1, 7, 8, 9, 125, 126, 1000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut bytes = client_frame(0x82, &payload);
+            bytes.extend_from_slice(b"the next frame");
+            let found = WholeFrame::at_start_of(&bytes, 1 << 20).expect("a whole frame");
+            assert!(!found.text);
+            assert_eq!(found.len, len);
+            found.unmask(&mut bytes);
+            assert_eq!(&bytes[found.head_len..found.head_len + len], &payload[..]);
+            assert!(
+                bytes.ends_with(b"the next frame"),
+                "nothing past the frame touched"
+            );
+        }
+        let text = client_frame(0x81, "汉语".as_bytes());
+        assert!(WholeFrame::at_start_of(&text, 100).unwrap().text);
+    }
+
+    #[test]
+    fn every_other_shape_is_left_to_tungstenite() {
+        let payload = b"0123456789";
+        let whole = client_frame(0x82, payload);
+        let cases: [(&str, Vec<u8>, usize); 9] = [
+            ("not all here", whole[..whole.len() - 1].to_vec(), 100),
+            ("half a header", whole[..3].to_vec(), 100),
+            ("too long", whole.clone(), 9),
+            ("not final", client_frame(0x02, payload), 100),
+            ("a continuation", client_frame(0x80, payload), 100),
+            ("a ping", client_frame(0x89, payload), 100),
+            ("RSV1", client_frame(0xc2, payload), 100),
+            ("empty", client_frame(0x82, b""), 100),
+            ("unmasked", [&[0x82, 10][..], payload].concat(), 100),
+        ];
+        for (what, bytes, max) in cases {
+            assert_eq!(WholeFrame::at_start_of(&bytes, max), None, "{what}");
+        }
+        assert!(
+            WholeFrame::at_start_of(&whole, 10).is_some(),
+            "at the limit"
+        );
+    }
+}
