@@ -82,21 +82,7 @@ impl WholeFrame {
 #[cfg(test)]
 mod tests {
     use super::WholeFrame;
-
-    fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0xa1, 0x02, 0xf3, 0x44];
-        let mut frame = vec![first];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        frame
-    }
+    use crate::transport::ws::tests::client_frame_starting as client_frame;
 
     #[test]
     fn a_whole_final_data_frame_is_found_and_unmasked() {

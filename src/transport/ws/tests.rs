@@ -69,10 +69,15 @@ impl Wire for Throttled {
     }
 }
 
-/// A client frame, masked as RFC 6455 requires (payloads under 126 bytes here, or 1000).
+/// A final client frame, masked as RFC 6455 requires (payloads under 64 KiB).
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    client_frame_starting(0x80 | opcode, payload)
+}
+
+/// A masked client frame whose first byte (FIN, RSV bits, opcode) is `first`.
+pub(super) fn client_frame_starting(first: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [7, 1, 9, 3];
-    let mut frame = vec![0x80 | opcode];
+    let mut frame = vec![first];
     if payload.len() < 126 {
         frame.push(0x80 | payload.len() as u8);
     } else {
