@@ -222,16 +222,7 @@ fn print_shows_what_the_server_heard() {
     round_trip(&mut client, "汉语 \"quoted\"\r\n".as_bytes());
     let peer = client.local_addr().unwrap();
     drop(client);
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit(common::IO_TIMEOUT).code(), Some(0));
-    let mut stdout = String::new();
-    server
-        .child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
+    let stdout = server.stop_for_stdout();
     assert_eq!(
         stdout,
         format!("Server heard \"汉语 \\\"quoted\\\"\\r\\n\" from {peer}\n")

@@ -302,16 +302,7 @@ fn ack_discard_and_print_work_over_udp() {
         })
         .unwrap();
     round_trip(&socket, udp_addr, "汉语/漢語 Hànyǔ".as_bytes());
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit(IO_TIMEOUT).code(), Some(0));
-    let mut stdout = String::new();
-    server
-        .child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
+    let stdout = server.stop_for_stdout();
     let me = socket.local_addr().unwrap();
     assert_eq!(
         stdout,

@@ -162,6 +162,59 @@ fn a_request_that_is_no_upgrade_gets_a_4xx_and_a_close() {
     assert_eq!(stats.tls_handshakes_failed, 5, "{stats:?}");
 }
 
+/// `--mode ack` answers each message with a text message of its own; `--mode discard`
+/// answers none, while a ping still gets its pong and a close its close.
+#[test]
+fn ack_and_discard_apply_per_message() {
+    let (_ack, addr) = ws_server(|config| config.mode = echod::config::Mode::Ack);
+    let mut socket = ws_connect(addr);
+    for message in [
+        Message::text("first"),
+        Message::binary(vec![1, 2, 3]),
+        Message::text("汉语"),
+    ] {
+        socket.send(message).unwrap();
+        assert_eq!(next_data(&mut socket), Message::text("Got it!"));
+    }
+
+    let (_discard, addr) = ws_server(|config| config.mode = echod::config::Mode::Discard);
+    let mut raw = connect(addr);
+    upgrade_by_hand(&mut raw);
+    raw.write_all(&masked_frame(0x01, true, b"dropped"))
+        .unwrap();
+    raw.write_all(&masked_frame(0x09, true, b"still here?"))
+        .unwrap();
+    assert_eq!(server_frame(&mut raw), (0x0a, b"still here?".to_vec()));
+    raw.write_all(&masked_frame(0x08, true, &1000u16.to_be_bytes()))
+        .unwrap();
+    assert_eq!(
+        close_code(&mut raw),
+        1000,
+        "the close, and no echo before it"
+    );
+}
+
+/// `--print` prints each message the server heard, on the real binary.
+#[test]
+fn print_shows_each_message_heard_over_ws() {
+    let (mut server, addr) = ws_binary_server(&["--print"]);
+    let mut socket = ws_connect(addr);
+    let peer = socket.get_ref().local_addr().unwrap();
+    for text in ["Hello, world", "汉语/漢語 Hànyǔ"] {
+        socket.send(Message::text(text)).unwrap();
+        assert_eq!(next_data(&mut socket), Message::text(text));
+    }
+    socket.close(None).unwrap();
+    while socket.read().is_ok() {}
+    let stdout = server.stop_for_stdout();
+    assert_eq!(
+        stdout,
+        format!(
+            "Server heard \"Hello, world\" from {peer}\nServer heard \"汉语/漢語 Hànyǔ\" from {peer}\n"
+        )
+    );
+}
+
 /// A `wss:` server with a certificate of the test's own, and that certificate.
 fn wss_server(
     tune: impl FnOnce(&mut Config),
@@ -534,6 +587,19 @@ fn a_ping_flood_that_never_reads_its_pongs_is_held_at_the_cap() {
     );
 }
 
+/// The real binary with a `ws:` listener (and `args`), and that listener's address.
+fn ws_binary_server(args: &[&str]) -> (common::BinaryServer, SocketAddr) {
+    let server = common::BinaryServer::start(&[args, &["--listen", "ws:127.0.0.1:0"]].concat());
+    let line = server.log.wait_for("listening on ws:");
+    let addr: SocketAddr = line
+        .split("listening on ws:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no ws address in {line:?}"));
+    (server, addr)
+}
+
 /// The resident memory of a process, in KiB.
 fn resident_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -548,14 +614,7 @@ fn resident_kib(pid: u32) -> u64 {
 #[test]
 fn a_quiet_connection_gives_back_what_a_large_message_grew() {
     const CLIENTS: u64 = 64;
-    let server = common::BinaryServer::start(&["--listen", "ws:127.0.0.1:0"]);
-    let line = server.log.wait_for("listening on ws:");
-    let addr: SocketAddr = line
-        .split("listening on ws:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no ws address in {line:?}"));
+    let (server, addr) = ws_binary_server(&[]);
     let pid = server.child.id();
     let big = Message::binary(common::pattern(5, 1 << 20));
     let before = resident_kib(pid);

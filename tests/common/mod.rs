@@ -306,6 +306,21 @@ impl BinaryServer {
         })
     }
 
+    /// Stops the server with SIGTERM, expects exit 0, and returns all it wrote to stdout.
+    #[track_caller]
+    pub fn stop_for_stdout(&mut self) -> String {
+        self.signal(libc::SIGTERM);
+        assert_eq!(self.wait_exit(IO_TIMEOUT).code(), Some(0));
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        stdout
+    }
+
     /// Waits (with a deadline) until stderr contains `needle`; returns all of stderr.
     #[track_caller]
     pub fn wait_for_log(&self, needle: &str) -> String {

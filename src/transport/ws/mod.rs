@@ -59,7 +59,7 @@ use probe::{Inbound, Probe};
 use upgrade::Verdict;
 
 use super::LayerCounts;
-use crate::config::Mode;
+use crate::config::{ACK_REPLY, Mode};
 use crate::readiness::{interrupted, would_block, write_owed};
 
 /// tungstenite's read buffer per connection: small, since an idle connection keeps it.
@@ -716,9 +716,14 @@ impl<W: Wire> WsStream<W> {
                 }
                 (opcode, last, kept, taken)
             }
-            // --mode ack: each reply is a text message of its own.
+            // --mode ack: each reply is a text message of its own, also when several wait
+            // in the echo's pending output as one run of bytes.
             None => {
-                let taken = buf.len().min(WRITE_BUFFER_LIMIT);
+                debug_assert!(
+                    buf.starts_with(ACK_REPLY),
+                    "only acks come without a message"
+                );
+                let taken = buf.len().min(ACK_REPLY.len());
                 self.counts.ws_messages_out += 1;
                 (OpCode::Data(Data::Text), true, None, taken)
             }

@@ -109,6 +109,11 @@ fn server_frame(peer: &mut PeerSocket) -> (u8, Vec<u8>) {
 
 /// A WebSocket connection past its upgrade, and the client's end of it.
 fn upgraded() -> (WsStream<Throttled>, PeerSocket) {
+    upgraded_in(Mode::Echo)
+}
+
+/// As `upgraded`, for `--mode`.
+fn upgraded_in(mode: Mode) -> (WsStream<Throttled>, PeerSocket) {
     let (ours, theirs) = mio::net::UnixStream::pair().unwrap();
     // SAFETY: the descriptor was just taken from its only owner.
     let mut peer = unsafe { PeerSocket::from_raw_fd(theirs.into_raw_fd()) };
@@ -119,7 +124,7 @@ fn upgraded() -> (WsStream<Throttled>, PeerSocket) {
         stream: Stream::Unix(ours),
         room: usize::MAX,
     };
-    let mut ws = WsStream::new(wire, Mode::Echo, 1 << 20);
+    let mut ws = WsStream::new(wire, mode, 1 << 20);
     peer.write_all(
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -339,4 +344,29 @@ fn invalid_utf8_read_around_is_still_tungstenites_to_refuse() {
     assert_eq!(ws.read(&mut buf).unwrap(), 0, "the connection ends");
     let (first, body) = server_frame(&mut peer);
     assert_eq!((first, &body[..2]), (0x88, &1007u16.to_be_bytes()[..]));
+}
+
+/// `--mode ack`: replies the socket could not take pile up in the echo's pending output
+/// as one run of bytes; each must still go out as a message of its own.
+#[test]
+fn acks_held_back_go_out_one_message_each() {
+    let (mut ws, mut peer) = upgraded_in(Mode::Ack);
+    ws.wire.room = 0;
+    let held = crate::config::ACK_REPLY.repeat(3);
+    let mut written = 0;
+    while written < held.len() {
+        match ws.write(&held[written..]) {
+            Ok(n) => written += n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                ws.wire.room = usize::MAX;
+                ws.flush_layer().unwrap();
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+    ws.wire.room = usize::MAX;
+    ws.flush_layer().unwrap();
+    for _ in 0..3 {
+        assert_eq!(server_frame(&mut peer), (0x81, b"Got it!".to_vec()));
+    }
 }
