@@ -189,7 +189,7 @@ impl Connection {
         }
         let echo_reads = limits.reading_allowed
             && self.read_side != ReadSide::Eof
-            && self.read_room(limits, 0) > 0;
+            && self.read_room(limits, self.pending_len(), 0) > 0;
         if echo_reads || layer.read {
             Interest::READABLE | Interest::WRITABLE
         } else {
@@ -297,10 +297,10 @@ impl Connection {
         )
     }
 
-    /// How many bytes the next read may take without breaking a memory cap, `added`
-    /// being what this turn has already queued.
-    fn read_room(&self, limits: &Limits, added: usize) -> usize {
-        let owed = self.pending_len();
+    /// How many bytes the next read may take without breaking a memory cap, `owed` being
+    /// what the connection owes now (`pending_len`) and `added` what this turn has
+    /// already queued.
+    fn read_room(&self, limits: &Limits, owed: usize, added: usize) -> usize {
         let room = match limits.mode {
             // Whatever is read may end up owed, so read no more than the cap leaves.
             Mode::Echo => limits.max_pending.saturating_sub(owed),
@@ -343,8 +343,9 @@ impl Connection {
         let mut budget = limits.read_budget;
         let owed_at_start = self.pending_len();
         loop {
-            let added = self.pending_len().saturating_sub(owed_at_start);
-            let room = self.read_room(limits, added).min(scratch.len());
+            let owed = self.pending_len();
+            let added = owed.saturating_sub(owed_at_start);
+            let room = self.read_room(limits, owed, added).min(scratch.len());
             if room == 0 {
                 trace!(
                     "token {}: pause reading, {} bytes owed",

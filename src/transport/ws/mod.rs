@@ -275,9 +275,8 @@ impl<W: Wire> WsStream<W> {
         {
             let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.inbound);
             let flushed = ctx.flush(&mut wire);
-            if let Some(unsent) = wire.finish().unsent {
-                self.control_unsent = unsent;
-            }
+            let seen = wire.finish();
+            self.saw_writes(&seen);
             match flushed {
                 Ok(()) => {
                     self.flush_pending = false;
@@ -441,8 +440,7 @@ impl<W: Wire> WsStream<W> {
                     let next = ctx.read(&mut probe);
                     let seen = probe.finish();
                     self.last_read_short = seen.short;
-                    self.flush_pending |= seen.wrote;
-                    self.control_unsent = seen.unsent.unwrap_or(self.control_unsent);
+                    self.saw_writes(&seen);
                     self.tungstenite_waits = is_would_block(&next);
                     next
                 }
@@ -455,23 +453,18 @@ impl<W: Wire> WsStream<W> {
                     self.shrink_if_grown();
                     return Err(err);
                 }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                // The close handshake done; or the client went without it (a FIN before any
+                // close frame, which tungstenite calls `ResetWithoutClosingHandshake`, or a
+                // reset): an end all the same, as a FIN without close_notify is on TLS.
+                Err(
+                    tungstenite::Error::ConnectionClosed
+                    | tungstenite::Error::AlreadyClosed
+                    | tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+                ) => {
                     self.ended = true;
                     return Ok(0);
                 }
-                Err(tungstenite::Error::Io(err))
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    // The client went without the closing handshake: an end all the same.
-                    self.ended = true;
-                    return Ok(0);
-                }
-                Err(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
-                    // tungstenite's word for a FIN before any close frame: an end, as a FIN
-                    // without close_notify is on TLS, not a protocol error to answer.
+                Err(tungstenite::Error::Io(err)) if is_peer_gone(&err) => {
                     self.ended = true;
                     return Ok(0);
                 }
@@ -519,6 +512,15 @@ impl<W: Wire> WsStream<W> {
         }
     }
 
+    /// What a `Probe` saw tungstenite write: it may hold bytes now (`flush_pending`), and
+    /// its last write says how many (`control_unsent`).
+    fn saw_writes(&mut self, seen: &probe::ProbeOutcome) {
+        self.flush_pending |= seen.wrote;
+        if let Some(unsent) = seen.unsent {
+            self.control_unsent = unsent;
+        }
+    }
+
     /// tungstenite has said `WouldBlock` and every byte it was handed ends a frame of a
     /// complete message, so it holds nothing read; nothing is carried, read ahead or
     /// unsent. The next frame may then be read around it (see `around`).
@@ -538,14 +540,7 @@ impl<W: Wire> WsStream<W> {
         let n = match self.wire.read(stage) {
             Ok(0) => return Ok(Around::End),
             Ok(n) => n,
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                return Ok(Around::End);
-            }
+            Err(err) if is_peer_gone(&err) => return Ok(Around::End),
             Err(err) => return Err(err),
         };
         let Some(frame) = WholeFrame::at_start_of(&stage[..n], self.max_message) else {
@@ -595,8 +590,7 @@ impl<W: Wire> WsStream<W> {
             .holding_writes(self.out_frame.is_some());
         let next = ctx.read(&mut probe);
         let seen = probe.finish();
-        self.flush_pending |= seen.wrote;
-        self.control_unsent = seen.unsent.unwrap_or(self.control_unsent);
+        self.saw_writes(&seen);
         self.tungstenite_waits = is_would_block(&next);
         match next {
             Err(tungstenite::Error::Io(err)) if would_block(&err) => {
@@ -615,13 +609,7 @@ impl<W: Wire> WsStream<W> {
     /// was its configuration. The payloads handed over keep their own memory until they
     /// are echoed.
     fn shrink_if_grown(&mut self) {
-        if self.ended
-            || self.flush_pending
-            || !self.tungstenite_waits
-            || !self.inbound.frames.grown_past(SHRINK_AFTER)
-            || !self.inbound.frames.at_rest()
-            || !self.inbound.carry.is_empty()
-        {
+        if !self.tungstenite_holds_nothing() || !self.inbound.frames.grown_past(SHRINK_AFTER) {
             return;
         }
         if let Stage::Open(ctx) = &mut self.stage {
@@ -671,7 +659,8 @@ impl<W: Wire> WsStream<W> {
             let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.inbound)
                 .holding_writes(self.out_frame.is_some());
             let _ = ctx.close(&mut wire, Some(frame));
-            self.control_unsent = wire.finish().unsent.unwrap_or(self.control_unsent);
+            let seen = wire.finish();
+            self.saw_writes(&seen);
         }
         self.flush_pending = true;
         self.ended = true;
@@ -754,7 +743,8 @@ impl<W: Wire> WsStream<W> {
             let mut wire = Probe::new(&mut self.wire, true, &mut [], &mut self.inbound)
                 .holding_writes(self.out_frame.is_some());
             let _ = ctx.close(&mut wire, None);
-            self.control_unsent = wire.finish().unsent.unwrap_or(self.control_unsent);
+            let seen = wire.finish();
+            self.saw_writes(&seen);
             self.flush_pending = true;
             self.ended = true;
         }
@@ -775,6 +765,15 @@ fn new_context(rest: Vec<u8>, max_message: usize) -> WebSocketContext {
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     WebSocketContext::from_partially_read(rest, Role::Server, Some(config))
+}
+
+/// The client went away without the closing handshake (a reset, or TLS ended without
+/// close_notify): an end, not a failure.
+fn is_peer_gone(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+    )
 }
 
 fn is_would_block(result: &tungstenite::Result<Message>) -> bool {

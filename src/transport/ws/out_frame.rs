@@ -61,30 +61,15 @@ impl OutFrame {
         wire: &mut impl Write,
     ) -> io::Result<Option<OutFrame>> {
         let mut frame = OutFrame::head_only(opcode, is_final, payload.len());
-        let total = frame.head_len + payload.len();
-        let mut sent = 0;
-        while sent < total {
-            let result = if sent < frame.head_len {
-                wire.write_vectored(&[
-                    io::IoSlice::new(&frame.head[sent..frame.head_len]),
-                    io::IoSlice::new(payload),
-                ])
-            } else {
-                wire.write(&payload[sent - frame.head_len..])
-            };
-            match result {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(err) if would_block(&err) => break,
-                Err(err) if interrupted(&err) => {}
-                Err(err) => return Err(err),
-            }
-        }
-        if sent == total {
+        if write_frame(
+            &frame.head[..frame.head_len],
+            payload,
+            &mut frame.sent,
+            wire,
+        )? {
             return Ok(None);
         }
         frame.payload = tungstenite::Bytes::copy_from_slice(payload);
-        frame.sent = sent;
         Ok(Some(frame))
     }
 
@@ -95,31 +80,41 @@ impl OutFrame {
 
     /// Writes what the wire takes: true once all of the frame is out.
     pub(super) fn write_to(&mut self, wire: &mut impl Write) -> io::Result<bool> {
-        loop {
-            let result = if self.sent < self.head_len {
-                let head = &self.head[self.sent..self.head_len];
-                if self.payload.is_empty() {
-                    wire.write(head)
-                } else {
-                    wire.write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(&self.payload)])
-                }
+        write_frame(
+            &self.head[..self.head_len],
+            &self.payload,
+            &mut self.sent,
+            wire,
+        )
+    }
+}
+
+/// Writes `head` then `payload`, from `sent` bytes into the two, until all is out (true)
+/// or the wire says `WouldBlock` (false); both at once while any of the header is left.
+fn write_frame(
+    head: &[u8],
+    payload: &[u8],
+    sent: &mut usize,
+    wire: &mut impl Write,
+) -> io::Result<bool> {
+    while *sent < head.len() + payload.len() {
+        let result = if *sent < head.len() {
+            let head = &head[*sent..];
+            if payload.is_empty() {
+                wire.write(head)
             } else {
-                let rest = &self.payload[self.sent - self.head_len..];
-                if rest.is_empty() {
-                    return Ok(true);
-                }
-                wire.write(rest)
-            };
-            match result {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
-                Err(err) if would_block(&err) => return Ok(false),
-                Err(err) if interrupted(&err) => {}
-                Err(err) => return Err(err),
+                wire.write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(payload)])
             }
-            if self.sent == self.head_len + self.payload.len() {
-                return Ok(true);
-            }
+        } else {
+            wire.write(&payload[*sent - head.len()..])
+        };
+        match result {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => *sent += n,
+            Err(err) if would_block(&err) => return Ok(false),
+            Err(err) if interrupted(&err) => {}
+            Err(err) => return Err(err),
         }
     }
+    Ok(true)
 }
