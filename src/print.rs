@@ -13,6 +13,17 @@ pub(crate) fn print_heard(peer: impl Display, bytes: &[u8]) {
     let _ = std::io::stdout().lock().write_all(line.as_bytes());
 }
 
+/// The line for a message too long for one read, printed as its first part arrives:
+/// `Server heard "…" and N bytes more from PEER`.
+pub(crate) fn print_heard_start(peer: impl Display, first: &[u8], len: usize) {
+    let more = len - first.len();
+    let line = format!(
+        "Server heard \"{}\" and {more} bytes more from {peer}\n",
+        escape(first)
+    );
+    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+}
+
 /// Lossy UTF-8 with `escape_debug` applied, minus its escaping of `'` (we quote with `"`).
 pub(crate) fn escape(bytes: &[u8]) -> String {
     let mut escaped = String::with_capacity(bytes.len());

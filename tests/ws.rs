@@ -176,6 +176,22 @@ fn ack_and_discard_apply_per_message() {
         socket.send(message).unwrap();
         assert_eq!(next_data(&mut socket), Message::text("Got it!"));
     }
+    // An empty message is a message too, and one longer than a read is still one message:
+    // three messages, three acks, and nothing more before the close.
+    socket.send(Message::binary(Vec::new())).unwrap();
+    socket.send(Message::binary(vec![7u8; 200_000])).unwrap();
+    socket.send(Message::text("last")).unwrap();
+    socket.close(None).unwrap();
+    let mut acks = Vec::new();
+    loop {
+        match socket.read() {
+            Ok(Message::Close(_)) => {}
+            Ok(message) => acks.push(message),
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(err) => panic!("reading the acks: {err}"),
+        }
+    }
+    assert_eq!(acks, vec![Message::text("Got it!"); 3]);
 
     let (_discard, addr) = ws_server(|config| config.mode = echod::config::Mode::Discard);
     let mut raw = connect(addr);
@@ -194,25 +210,51 @@ fn ack_and_discard_apply_per_message() {
     );
 }
 
-/// `--print` prints each message the server heard, on the real binary.
+/// `--print` prints each message the server heard once, on the real binary: an empty
+/// one too, and one longer than a read by its first part and how much more came.
 #[test]
 fn print_shows_each_message_heard_over_ws() {
+    const LONG: usize = 200_000;
     let (mut server, addr) = ws_binary_server(&["--print"]);
+    // The long message's line is longer than a pipe holds.
+    server.read_stdout_meanwhile();
     let mut socket = ws_connect(addr);
     let peer = socket.get_ref().local_addr().unwrap();
-    for text in ["Hello, world", "汉语/漢語 Hànyǔ"] {
-        socket.send(Message::text(text)).unwrap();
-        assert_eq!(next_data(&mut socket), Message::text(text));
+    for message in [
+        Message::text("Hello, world"),
+        Message::text(""),
+        Message::text("x".repeat(LONG)),
+        Message::text("汉语/漢語 Hànyǔ"),
+    ] {
+        socket.send(message.clone()).unwrap();
+        assert_eq!(next_data(&mut socket), message);
     }
     socket.close(None).unwrap();
     while socket.read().is_ok() {}
     let stdout = server.stop_for_stdout();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "one line a message: {:.300}", stdout);
     assert_eq!(
-        stdout,
-        format!(
-            "Server heard \"Hello, world\" from {peer}\nServer heard \"汉语/漢語 Hànyǔ\" from {peer}\n"
-        )
+        lines[0],
+        format!("Server heard \"Hello, world\" from {peer}")
     );
+    assert_eq!(lines[1], format!("Server heard \"\" from {peer}"));
+    assert_eq!(
+        lines[3],
+        format!("Server heard \"汉语/漢語 Hànyǔ\" from {peer}")
+    );
+    let long = lines[2]
+        .strip_prefix("Server heard \"")
+        .and_then(|rest| rest.strip_suffix(&format!(" bytes more from {peer}")))
+        .expect("the long message's line");
+    let (first, more) = long
+        .split_once("\" and ")
+        .expect("its first part, then the rest");
+    assert!(
+        !first.is_empty() && first.bytes().all(|b| b == b'x'),
+        "{first:.40}"
+    );
+    assert_eq!(first.len() + more.parse::<usize>().unwrap(), LONG);
 }
 
 /// A `wss:` server with a certificate of the test's own, and that certificate.

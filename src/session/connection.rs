@@ -25,10 +25,10 @@ use log::{debug, trace};
 use mio::{Interest, Token};
 
 use crate::config::{ACK_REPLY, Mode};
-use crate::print::print_heard;
+use crate::print::{print_heard, print_heard_start};
 use crate::readiness::{Ready, interrupted, would_block};
 use crate::telemetry::stats::{CloseReason, Stats};
-use crate::transport::{AnyTransport, Peer, Transport};
+use crate::transport::{AnyTransport, Part, Peer, Transport};
 
 use super::pending::PendingOutput;
 use super::timers::{Linked, Links};
@@ -360,7 +360,13 @@ impl Connection {
                 self.next_read = NextRead::Owed;
                 return Ok(ReadStop::Budget);
             }
-            let n = match self.transport.read(&mut scratch[..room]) {
+            let read = self.transport.read(&mut scratch[..room]);
+            let heard = self.transport.take_heard();
+            // Empty messages were heard first, whatever the read then returned.
+            for _ in 0..heard.empty_before {
+                self.answer(token, b"", Part::Whole, limits, stats)?;
+            }
+            let n = match read {
                 Ok(0) => {
                     trace!("token {}: read EOF", token.0);
                     self.read_side = ReadSide::Eof;
@@ -385,14 +391,7 @@ impl Connection {
             self.bytes_in += n as u64;
             stats.bytes_in += n as u64;
             budget = budget.saturating_sub(n);
-            if limits.print {
-                print_heard(self.peer, &scratch[..n]);
-            }
-            match limits.mode {
-                Mode::Echo => self.send(token, &scratch[..n], stats)?,
-                Mode::Ack => self.send(token, ACK_REPLY, stats)?,
-                Mode::Discard => {}
-            }
+            self.answer(token, &scratch[..n], heard.part, limits, stats)?;
             // The short-read shortcut (epoll and kqueue, plain streams only; see
             // `SHORT_READ_MEANS_DRAINED`): a stream socket's read returns less than asked only
             // when its receive queue ran dry, and data arriving later raises a fresh edge.
@@ -406,6 +405,31 @@ impl Connection {
                 self.next_read = NextRead::OnEvent;
                 return Ok(ReadStop::Drained);
             }
+        }
+    }
+
+    /// Does what `--mode` and `--print` say with bytes just read, `part` saying where they
+    /// stand in the client's message: a message is printed once (a long one by its first
+    /// part) and acked once, at its end. Empty messages are echoed by their transport.
+    fn answer(
+        &mut self,
+        token: Token,
+        bytes: &[u8],
+        part: Part,
+        limits: &Limits,
+        stats: &mut Stats,
+    ) -> io::Result<()> {
+        if limits.print {
+            match part {
+                Part::Whole => print_heard(self.peer, bytes),
+                Part::First { len } => print_heard_start(self.peer, bytes, len),
+                Part::Middle | Part::Last => {}
+            }
+        }
+        match limits.mode {
+            Mode::Echo if !bytes.is_empty() => self.send(token, bytes, stats),
+            Mode::Ack if part.ends() => self.send(token, ACK_REPLY, stats),
+            Mode::Echo | Mode::Ack | Mode::Discard => Ok(()),
         }
     }
 

@@ -157,6 +157,43 @@ pub(crate) trait Transport: Source {
     /// What the protocol counted since last asked (`None`: nothing to count, as for a
     /// plain stream), for the server's counters.
     fn take_counts(&mut self) -> Option<LayerCounts>;
+
+    /// Where the last `read` stands in the client's messages (see [`Heard`]); asked after
+    /// every read, whatever it returned.
+    fn take_heard(&mut self) -> Heard;
+}
+
+/// What a read heard, in the client's own messages: `--print` and `--mode ack` answer
+/// once per message. A byte stream has no messages, so each read of it counts as one, as
+/// the tutorial servers count them; only WebSocket says more.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Heard {
+    /// Empty messages heard before the read's bytes (or before its `WouldBlock` or end):
+    /// they carry no bytes, so no read returns them.
+    pub empty_before: usize,
+    /// Where the bytes read stand in their message.
+    pub part: Part,
+}
+
+/// Where a read's bytes stand in their message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// All of a message (and, on a byte stream, every read).
+    #[default]
+    Whole,
+    /// The start of a message of `len` bytes, longer than one read could take.
+    First { len: usize },
+    /// More of it, not yet its end.
+    Middle,
+    /// The end of it.
+    Last,
+}
+
+impl Part {
+    /// These bytes end their message.
+    pub(crate) fn ends(self) -> bool {
+        matches!(self, Part::Whole | Part::Last)
+    }
 }
 
 /// Events a protocol layer counts, handed to the server's counters after each serve.
@@ -340,6 +377,15 @@ impl Transport for AnyTransport {
             AnyTransport::Plain(_) | AnyTransport::Tls(_) => None,
             AnyTransport::Ws(ws) => ws.take_counts(),
             AnyTransport::Wss(ws) => ws.take_counts(),
+        }
+    }
+
+    #[inline]
+    fn take_heard(&mut self) -> Heard {
+        match self {
+            AnyTransport::Plain(_) | AnyTransport::Tls(_) => Heard::default(),
+            AnyTransport::Ws(ws) => ws.take_heard(),
+            AnyTransport::Wss(ws) => ws.take_heard(),
         }
     }
 

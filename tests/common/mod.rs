@@ -234,6 +234,8 @@ pub struct BinaryServer {
     pub addr: SocketAddr,
     /// Everything the server has written to stderr so far.
     pub log: LogLines,
+    /// stdout, read on a thread of its own once asked (see `read_stdout_meanwhile`).
+    stdout_reader: Option<JoinHandle<String>>,
 }
 
 impl BinaryServer {
@@ -277,7 +279,12 @@ impl BinaryServer {
         let addr = addr_found
             .recv_timeout(IO_TIMEOUT)
             .unwrap_or_else(|_| panic!("echod never said where it listens: {}", log.text()));
-        BinaryServer { child, addr, log }
+        BinaryServer {
+            child,
+            addr,
+            log,
+            stdout_reader: None,
+        }
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -306,11 +313,25 @@ impl BinaryServer {
         })
     }
 
+    /// Reads stdout from now on, as it comes: a server printing more than a pipe holds
+    /// would otherwise block on stdout, and so stop echoing, before the test reads it.
+    pub fn read_stdout_meanwhile(&mut self) {
+        let mut stdout = self.child.stdout.take().expect("stdout not yet taken");
+        self.stdout_reader = Some(std::thread::spawn(move || {
+            let mut text = String::new();
+            stdout.read_to_string(&mut text).unwrap();
+            text
+        }));
+    }
+
     /// Stops the server with SIGTERM, expects exit 0, and returns all it wrote to stdout.
     #[track_caller]
     pub fn stop_for_stdout(&mut self) -> String {
         self.signal(libc::SIGTERM);
         assert_eq!(self.wait_exit(IO_TIMEOUT).code(), Some(0));
+        if let Some(reader) = self.stdout_reader.take() {
+            return reader.join().unwrap();
+        }
         let mut stdout = String::new();
         self.child
             .stdout

@@ -58,7 +58,7 @@ use out_frame::OutFrame;
 use probe::{Inbound, Probe};
 use upgrade::Verdict;
 
-use super::LayerCounts;
+use super::{Heard, LayerCounts, Part};
 use crate::config::{ACK_REPLY, Mode};
 use crate::readiness::{interrupted, would_block, write_owed};
 
@@ -168,6 +168,8 @@ pub(crate) struct WsStream<W: Wire> {
     tungstenite_waits: bool,
     /// Counted since the server last asked (see `take_counts`).
     counts: LayerCounts,
+    /// What the reads since the server last asked heard, in messages (see `take_heard`).
+    heard: Heard,
     /// Read from the socket for tungstenite: what it has not taken yet, and where the
     /// frames it was handed stand.
     inbound: Inbound,
@@ -205,6 +207,7 @@ impl<W: Wire> WsStream<W> {
             peer_fin: false,
             tungstenite_waits: false,
             counts: LayerCounts::default(),
+            heard: Heard::default(),
             inbound: Inbound::default(),
         }
     }
@@ -393,8 +396,16 @@ impl<W: Wire> WsStream<W> {
                 }
                 let n = (payload.len() - *at).min(buf.len());
                 buf[..n].copy_from_slice(&payload[*at..*at + n]);
+                let first = *at == 0;
                 *at += n;
-                if *at == payload.len() {
+                let done = *at == payload.len();
+                self.heard.part = match (first, done) {
+                    (true, true) => Part::Whole,
+                    (true, false) => Part::First { len: payload.len() },
+                    (false, false) => Part::Middle,
+                    (false, true) => Part::Last,
+                };
+                if done {
                     self.reading = None;
                 }
                 return Ok(n);
@@ -502,7 +513,9 @@ impl<W: Wire> WsStream<W> {
                 });
             }
             if payload.is_empty() {
-                // No bytes for the echo to carry: its reply goes out here, in its turn.
+                // No bytes for the echo to carry: its echo goes out here, in its turn, and
+                // the server hears of it through `take_heard`.
+                self.heard.empty_before += 1;
                 self.send_empty_replies()?;
                 quiet_frames += 1;
                 continue;
@@ -622,6 +635,11 @@ impl<W: Wire> WsStream<W> {
     pub(crate) fn take_counts(&mut self) -> Option<LayerCounts> {
         let counts = std::mem::take(&mut self.counts);
         (counts != LayerCounts::default()).then_some(counts)
+    }
+
+    /// What the reads since last asked heard, in messages; the next read starts afresh.
+    pub(crate) fn take_heard(&mut self) -> Heard {
+        std::mem::take(&mut self.heard)
     }
 
     /// Whether the read just made left nothing unread, here or in the socket.
