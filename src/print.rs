@@ -8,19 +8,21 @@ use std::io::Write;
 /// `Server heard "…" from PEER`: bytes decoded lossily, control characters, quotes and
 /// backslashes escaped, so binary input cannot garble the terminal.
 pub(crate) fn print_heard(peer: impl Display, bytes: &[u8]) {
-    let line = format!("Server heard \"{}\" from {peer}\n", escape(bytes));
-    // A closed stdout must not take the server down with it: the echo goes on regardless.
-    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    print_line(format!("Server heard \"{}\" from {peer}\n", escape(bytes)));
 }
 
 /// The line for a message too long for one read, printed as its first part arrives:
 /// `Server heard "…" and N bytes more from PEER`.
 pub(crate) fn print_heard_start(peer: impl Display, first: &[u8], len: usize) {
     let more = len - first.len();
-    let line = format!(
+    print_line(format!(
         "Server heard \"{}\" and {more} bytes more from {peer}\n",
         escape(first)
-    );
+    ));
+}
+
+fn print_line(line: String) {
+    // A closed stdout must not take the server down with it: the echo goes on regardless.
     let _ = std::io::stdout().lock().write_all(line.as_bytes());
 }
 
