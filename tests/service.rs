@@ -184,15 +184,15 @@ fn an_inherited_socket_of_a_kind_not_served_is_skipped_and_alone_is_an_error() {
     let nudge = UnixDatagram::unbound().unwrap();
     nudge.send_to(b"wake up", &path).unwrap();
     assert_eq!(running.wait_exit().code(), Some(1));
-    let log = running.log.text();
+    // The process has exited, but its last stderr lines may still be on their way to the
+    // thread collecting them: wait for the last one, with a deadline.
+    let log = running
+        .log
+        .wait_for("echod: nothing to listen on: every inherited socket was skipped");
     assert!(
         log.contains(
             "inherited socket 0: is a Unix datagram socket, which echod does not serve; skipped"
         ),
-        "{log}"
-    );
-    assert!(
-        log.contains("echod: nothing to listen on: every inherited socket was skipped"),
         "{log}"
     );
 }
