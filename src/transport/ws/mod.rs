@@ -316,21 +316,21 @@ impl<W: Wire> WsStream<W> {
     /// Echoes the empty messages at the head of the queue: they have no bytes for the
     /// echo to carry, so nothing else would. In their turn, behind every earlier reply,
     /// and never after a close (as `write` sends nothing once the connection has ended).
+    #[inline]
     fn send_empty_replies(&mut self) -> io::Result<()> {
-        while !self.ended && self.may_start_frame() {
-            match self.owed_messages.front() {
-                Some(owed) if owed.len() == 0 => {
-                    let kind = if owed.text { Data::Text } else { Data::Binary };
-                    self.owed_messages.pop_front();
-                    self.counts.ws_messages_out += 1;
-                    self.start_frame(OutFrame::new(
-                        OpCode::Data(kind),
-                        true,
-                        tungstenite::Bytes::new(),
-                    ))?;
-                }
-                _ => return Ok(()),
-            }
+        while let Some(owed) = self.owed_messages.front()
+            && owed.len() == 0
+            && !self.ended
+            && self.may_start_frame()
+        {
+            let kind = if owed.text { Data::Text } else { Data::Binary };
+            self.owed_messages.pop_front();
+            self.counts.ws_messages_out += 1;
+            self.start_frame(OutFrame::new(
+                OpCode::Data(kind),
+                true,
+                tungstenite::Bytes::new(),
+            ))?;
         }
         Ok(())
     }
