@@ -90,19 +90,21 @@ impl Write for Stream {
     /// rustls holds, leave together. Up to `SEND_COPIED_UP_TO` bytes they are copied into
     /// one buffer and go by `send`; above it, by one `writev`, without a copy.
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if let [only] = bufs {
+            return self.write(only);
+        }
         let total: usize = bufs.iter().map(|buf| buf.len()).sum();
-        if total > SEND_COPIED_UP_TO {
-            return match self {
+        if total == 0 {
+            Ok(0)
+        } else if total <= SMALL_JOIN {
+            self.send_joined::<SMALL_JOIN>(bufs)
+        } else if total <= SEND_COPIED_UP_TO {
+            self.send_joined::<SEND_COPIED_UP_TO>(bufs)
+        } else {
+            match self {
                 Stream::Tcp(s) => s.write_vectored(bufs),
                 Stream::Unix(s) => s.write_vectored(bufs),
-            };
-        }
-        let mut parts = bufs.iter().filter(|buf| !buf.is_empty());
-        match (parts.next(), parts.next()) {
-            (None, _) => Ok(0),
-            (Some(only), None) => self.write(only),
-            _ if total <= SMALL_JOIN => self.send_joined::<SMALL_JOIN>(bufs),
-            _ => self.send_joined::<SEND_COPIED_UP_TO>(bufs),
+            }
         }
     }
 

@@ -8,7 +8,8 @@ use crate::readiness::{interrupted, would_block};
 
 /// A data frame of the echo's, written to the wire around tungstenite's write buffer: the
 /// header and the payload (a reference into the message as received) leave in one
-/// vectored write, so a reply costs no copy in user space. Started only when tungstenite
+/// vectored write, which the raw stream joins with a copy only when the frame is small
+/// (`plain::Stream::write_vectored`). Started only when tungstenite
 /// holds nothing unsent, and while it is part-way out tungstenite may not write
 /// (`Probe::hold_writes`): frames never interleave.
 #[derive(Debug)]
@@ -100,19 +101,6 @@ impl Head {
     }
 }
 
-/// A frame up to this size is put together in one buffer and goes by one `write`: for a
-/// short reply, copying its payload costs less than handing the wire two slices.
-const JOINED_UP_TO: usize = 256;
-
-/// Writes `head` and `payload` (`JOINED_UP_TO` bytes at most) copied into one buffer.
-fn write_joined(head: &[u8], payload: &[u8], wire: &mut impl Write) -> io::Result<usize> {
-    let mut joined = [0u8; JOINED_UP_TO];
-    let (head_len, len) = (head.len(), head.len() + payload.len());
-    joined[..head_len].copy_from_slice(head);
-    joined[head_len..len].copy_from_slice(payload);
-    wire.write(&joined[..len])
-}
-
 /// Writes `head` then `payload`, from `sent` bytes into the two, until all is out (true)
 /// or the wire says `WouldBlock` (false); both at once while any of the header is left.
 fn write_frame(
@@ -122,9 +110,7 @@ fn write_frame(
     wire: &mut impl Write,
 ) -> io::Result<bool> {
     while *sent < head.len() + payload.len() {
-        let result = if *sent == 0 && head.len() + payload.len() <= JOINED_UP_TO {
-            write_joined(head, payload, wire)
-        } else if *sent < head.len() {
+        let result = if *sent < head.len() {
             let head = &head[*sent..];
             if payload.is_empty() {
                 wire.write(head)
