@@ -162,6 +162,42 @@ fn counters_equal_the_traffic_and_real_parsers_accept_both_formats() {
     }
 }
 
+/// A WebSocket upgrade is a handshake like TLS's, and is counted under the same
+/// protocol-neutral name; so is an upgrade refused.
+#[test]
+fn handshakes_and_websocket_messages_are_counted() {
+    let config = Config {
+        metrics: Some("127.0.0.1:0".to_string()),
+        ..Config::listening_on(["ws:127.0.0.1:0"])
+    };
+    let server = TestServer::with(config);
+    let (addr, metrics) = (server.ws_addrs[0].0, server.metrics_addrs[0]);
+    let url = format!("ws://{addr}/");
+    let (mut socket, _) = tungstenite::client(url, common::connect(addr)).expect("upgrade");
+    socket
+        .send(tungstenite::Message::text("汉语/漢語 Hànyǔ"))
+        .unwrap();
+    match socket.read().unwrap() {
+        tungstenite::Message::Text(text) => assert_eq!(text.as_str(), "汉语/漢語 Hànyǔ"),
+        other => panic!("expected the text back, got {other:?}"),
+    }
+    drop(socket);
+    let refused = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(refused.starts_with("HTTP/1.1 426 "), "{refused}");
+    server.wait_for("both closed", |s| s.closed_total() == 2);
+
+    let (_, text) = get(metrics, "/metrics", None);
+    for expected in [
+        "echod_handshakes_total 1\n",
+        "echod_handshake_failures_total 1\n",
+        "echod_ws_messages_received_total 1\n",
+        "echod_ws_messages_sent_total 1\n",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in\n{text}");
+    }
+    assert!(!text.contains("echod_tls_"), "{text}");
+}
+
 #[test]
 fn promtool_accepts_the_exposition() {
     let Some(promtool) = peer_tool("promtool") else {

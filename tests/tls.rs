@@ -105,8 +105,8 @@ fn bytes_come_back_exactly_over_tls_1_2_and_1_3() {
     // The plain listener beside it is unaffected.
     round_trip(&mut server.connect(), b"plain still");
     let stats = server.stop();
-    assert_eq!(stats.tls_handshakes, 2);
-    assert_eq!(stats.tls_handshakes_failed, 0);
+    assert_eq!(stats.handshakes, 2);
+    assert_eq!(stats.handshakes_failed, 0);
 }
 
 #[test]
@@ -254,8 +254,8 @@ fn garbage_and_plain_http_on_a_tls_port_close_only_themselves() {
         assert!(rest.len() < 64, "{} bytes back for garbage", rest.len());
     }
     round_trip(&mut good, b"after");
-    let stats = server.wait_for("three failed handshakes", |s| s.tls_handshakes_failed == 3);
-    assert_eq!(stats.tls_handshakes, 1);
+    let stats = server.wait_for("three failed handshakes", |s| s.handshakes_failed == 3);
+    assert_eq!(stats.handshakes, 1);
 }
 
 #[test]
@@ -273,7 +273,7 @@ fn half_a_client_hello_then_silence_is_closed_at_the_handshake_timeout() {
     let _ = silent.read_to_end(&mut rest);
     let stats = server.wait_for("both timed out", |s| s.closed_handshake_timeout == 2);
     assert_eq!(
-        stats.tls_handshakes_failed, 0,
+        stats.handshakes_failed, 0,
         "a timeout is counted as a timeout"
     );
     // A plain connection is never subject to it.
@@ -466,7 +466,7 @@ fn pythons_ssl_module_is_answered_on_tls_1_2_and_1_3() {
         "汉语/漢語 Hànyǔ",
     );
     let stats = server.stop();
-    assert_eq!(stats.tls_handshakes, 2);
+    assert_eq!(stats.handshakes, 2);
 }
 
 /// echod has one certificate: a client naming a host it does not know (SNI) still gets it
@@ -482,7 +482,7 @@ fn an_unknown_sni_gets_the_one_certificate_and_its_echo() {
         "who am I talking to",
     );
     let stats = server.stop();
-    assert_eq!((stats.tls_handshakes, stats.tls_handshakes_failed), (2, 0));
+    assert_eq!((stats.handshakes, stats.handshakes_failed), (2, 0));
 }
 
 #[test]
@@ -533,7 +533,7 @@ fn openssl_s_client_is_answered_on_tls_1_2_and_1_3() {
         );
     }
     let stats = server.stop();
-    assert_eq!(stats.tls_handshakes, 2);
+    assert_eq!(stats.handshakes, 2);
 }
 
 #[test]

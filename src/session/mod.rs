@@ -178,7 +178,7 @@ impl Sessions {
             stats.count_layer(counts);
         }
         if conn.transport_mut().handshake_done() {
-            stats.tls_handshakes += 1;
+            stats.handshakes += 1;
             trace!("token {key}: handshake done");
             self.handshake.remove(&mut self.slab, key);
         }
@@ -353,7 +353,7 @@ impl Sessions {
             let mut conn = self.slab.remove(key);
             let reason = conn.closing.unwrap_or(CloseReason::Error);
             if conn.transport_mut().is_handshaking() && reason != CloseReason::Handshake {
-                stats.tls_handshakes_failed += 1;
+                stats.handshakes_failed += 1;
             }
             stats.pending_bytes -= conn.pending_len() as u64;
             stats.count_close(reason);

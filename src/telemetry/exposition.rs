@@ -206,16 +206,16 @@ impl Collector for Snapshot {
             s.accept_errors,
         )?;
         f.counter(
-            "echod_tls_handshakes",
-            "TLS handshakes completed.",
+            "echod_handshakes",
+            "TLS handshakes and WebSocket upgrades completed (wss: once, when both are done).",
             None,
-            s.tls_handshakes,
+            s.handshakes,
         )?;
         f.counter(
-            "echod_tls_handshake_failures",
-            "TLS connections that ended before their handshake completed (timeouts aside).",
+            "echod_handshake_failures",
+            "TLS and WebSocket connections that ended before their handshake completed (timeouts aside).",
             None,
-            s.tls_handshakes_failed,
+            s.handshakes_failed,
         )?;
         f.counter(
             "echod_ws_messages_received",

@@ -86,10 +86,10 @@ pub(crate) fn status_line(stats: &Stats, open: usize) -> String {
         "{open} connections open, {} accepted, {} bytes in, {} bytes out",
         stats.accepted, stats.bytes_in, stats.bytes_out
     );
-    if stats.tls_handshakes + stats.tls_handshakes_failed + stats.closed_handshake_timeout > 0 {
+    if stats.handshakes + stats.handshakes_failed + stats.closed_handshake_timeout > 0 {
         line += &format!(
-            "; {} TLS handshakes, {} failed, {} timed out",
-            stats.tls_handshakes, stats.tls_handshakes_failed, stats.closed_handshake_timeout
+            "; {} handshakes, {} failed, {} timed out",
+            stats.handshakes, stats.handshakes_failed, stats.closed_handshake_timeout
         );
     }
     if stats.udp_datagrams_in > 0 {

@@ -97,11 +97,12 @@ pub struct Stats {
     pub closed_shutdown: u64,
     /// Connections closed because their handshake took longer than `--handshake-timeout`.
     pub closed_handshake_timeout: u64,
-    /// TLS handshakes completed.
-    pub tls_handshakes: u64,
-    /// TLS connections that ended before their handshake completed (a protocol error,
-    /// a reset, an EOF), timeouts not included.
-    pub tls_handshakes_failed: u64,
+    /// Handshakes completed: a TLS handshake on `tls:`, an upgrade on `ws:`, both on `wss:`
+    /// (counted once, when the upgrade is done).
+    pub handshakes: u64,
+    /// TLS and WebSocket connections that ended before their handshake completed (a
+    /// protocol error, a refused upgrade, a reset, an EOF), timeouts not included.
+    pub handshakes_failed: u64,
     /// WebSocket data messages received.
     pub ws_messages_in: u64,
     /// WebSocket data messages sent (echoes, or acks).
@@ -256,8 +257,8 @@ impl Stats {
             ("peak_pending_bytes", self.peak_pending_bytes),
             ("peak_pending_connection", self.peak_pending_connection),
             ("accept_errors", self.accept_errors),
-            ("tls_handshakes", self.tls_handshakes),
-            ("tls_handshakes_failed", self.tls_handshakes_failed),
+            ("handshakes", self.handshakes),
+            ("handshakes_failed", self.handshakes_failed),
             ("ws_messages_in", self.ws_messages_in),
             ("ws_messages_out", self.ws_messages_out),
             ("ws_closes_received", self.ws_closes_received),
@@ -300,8 +301,8 @@ impl std::ops::AddAssign<&Stats> for Stats {
             closed_stall,
             closed_shutdown,
             closed_handshake_timeout,
-            tls_handshakes,
-            tls_handshakes_failed,
+            handshakes,
+            handshakes_failed,
             ws_messages_in,
             ws_messages_out,
             ws_closes_received,
@@ -339,8 +340,8 @@ impl std::ops::AddAssign<&Stats> for Stats {
         self.closed_stall += closed_stall;
         self.closed_shutdown += closed_shutdown;
         self.closed_handshake_timeout += closed_handshake_timeout;
-        self.tls_handshakes += tls_handshakes;
-        self.tls_handshakes_failed += tls_handshakes_failed;
+        self.handshakes += handshakes;
+        self.handshakes_failed += handshakes_failed;
         self.ws_messages_in += ws_messages_in;
         self.ws_messages_out += ws_messages_out;
         self.ws_closes_received += ws_closes_received;
