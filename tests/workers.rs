@@ -38,14 +38,8 @@ fn worker_pid(server: &BinaryServer, slot: usize) -> u32 {
 /// whoever adopted it reaps it, and some inits (this CI's among them) reap only every second
 /// or two: a zombie has stopped, so it counts as gone, and a test does not wait on the reaper.
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state (field 3) follows the command name, which is in parentheses.
-        Ok(stat) => match stat.rsplit_once(") ") {
-            Some((_, rest)) => !rest.starts_with(['Z', 'X']),
-            None => true,
-        },
-        Err(_) => false,
-    }
+    common::proc_stat_fields(pid)
+        .is_some_and(|fields| !matches!(fields.first().map(String::as_str), Some("Z" | "X")))
 }
 
 fn signal(pid: u32, signal: i32) {

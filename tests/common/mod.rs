@@ -157,6 +157,15 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     bytes
 }
 
+/// The fields of `/proc/PID/stat` from the third (the state) on: proc_pid_stat(5)'s field
+/// `n` is at index `n - 3`. They are counted from after the command name's closing
+/// parenthesis, since the name may hold spaces. `None` once the process is gone.
+pub fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    Some(after_name.split_whitespace().map(str::to_string).collect())
+}
+
 /// Asks `probe` every few milliseconds until it answers `Ok`, for at most [`IO_TIMEOUT`];
 /// then fails the test with its last `Err`, which says what was awaited and what was seen.
 #[track_caller]
