@@ -39,7 +39,7 @@ pub(crate) fn text_line(stats: &Stats, serves: Serves) -> String {
         line.put("pending_bytes", stats.pending_bytes);
         line.put("peak_pending_bytes", stats.peak_pending_bytes);
         nonzero("accept_errors").for_each(|(name, value)| line.put(name, value));
-        nonzero("tls_").for_each(|(name, value)| line.put(name, value));
+        nonzero("handshakes").for_each(|(name, value)| line.put(name, value));
         nonzero("ws_").for_each(|(name, value)| line.put(name, value));
     }
     if serves.datagrams {
@@ -128,6 +128,27 @@ mod tests {
         assert!(!line.contains("udp"), "{line}");
         assert!(!line.contains("rejected"), "{line}");
         assert!(line.len() < 200, "{line}");
+    }
+
+    #[test]
+    fn handshakes_show_when_there_were_any() {
+        let stats = Stats {
+            accepted: 3,
+            handshakes: 2,
+            handshakes_failed: 1,
+            ..Stats::default()
+        };
+        let serves = Serves {
+            streams: true,
+            datagrams: false,
+        };
+        let line = text_line(&stats, serves);
+        assert!(
+            line.contains(" handshakes=2 handshakes_failed=1 "),
+            "{line}"
+        );
+        let none = text_line(&Stats::default(), serves);
+        assert!(!none.contains("handshakes"), "{none}");
     }
 
     #[test]
