@@ -274,7 +274,7 @@ fn pongs_and_empty_replies_held_back_count_as_owed() {
 #[test]
 fn a_run_of_pings_pauses_the_read_and_the_next_read_goes_on() {
     let (mut ws, mut peer) = upgraded();
-    let pings = super::QUIET_FRAMES_PER_READ + 8;
+    let pings = super::reading::QUIET_FRAMES_PER_READ + 8;
     let mut flood = Vec::new();
     for n in 0..pings {
         flood.extend(client_frame(0x9, &(n as u32).to_be_bytes()));
@@ -287,7 +287,7 @@ fn a_run_of_pings_pauses_the_read_and_the_next_read_goes_on() {
     assert!(
         ws.read_paused(),
         "paused after {} pings",
-        super::QUIET_FRAMES_PER_READ
+        super::reading::QUIET_FRAMES_PER_READ
     );
     assert_eq!(read_all(&mut ws), b"data");
     assert!(!ws.read_paused());
