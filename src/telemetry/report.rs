@@ -107,6 +107,15 @@ pub(crate) fn status_line(stats: &Stats, open: usize) -> String {
 mod tests {
     use super::*;
 
+    const STREAMS_ONLY: Serves = Serves {
+        streams: true,
+        datagrams: false,
+    };
+    const DATAGRAMS_ONLY: Serves = Serves {
+        streams: false,
+        datagrams: true,
+    };
+
     #[test]
     fn a_stream_server_shows_no_udp_counters_and_no_zero_reasons() {
         let stats = Stats {
@@ -117,11 +126,7 @@ mod tests {
             bytes_out: 10,
             ..Stats::default()
         };
-        let serves = Serves {
-            streams: true,
-            datagrams: false,
-        };
-        let line = text_line(&stats, serves);
+        let line = text_line(&stats, STREAMS_ONLY);
         assert!(line.starts_with(
             "accepted=3 active=0 peak_active=0 closed=3 closed_eof=2 closed_reset=1 bytes_in=10"
         ));
@@ -138,16 +143,12 @@ mod tests {
             handshakes_failed: 1,
             ..Stats::default()
         };
-        let serves = Serves {
-            streams: true,
-            datagrams: false,
-        };
-        let line = text_line(&stats, serves);
+        let line = text_line(&stats, STREAMS_ONLY);
         assert!(
             line.contains(" handshakes=2 handshakes_failed=1 "),
             "{line}"
         );
-        let none = text_line(&Stats::default(), serves);
+        let none = text_line(&Stats::default(), STREAMS_ONLY);
         assert!(!none.contains("handshakes"), "{none}");
     }
 
@@ -158,11 +159,7 @@ mod tests {
             udp_dropped_rate: 2,
             ..Stats::default()
         };
-        let serves = Serves {
-            streams: false,
-            datagrams: true,
-        };
-        let line = text_line(&stats, serves);
+        let line = text_line(&stats, DATAGRAMS_ONLY);
         assert!(line.starts_with("udp_datagrams_in=5"), "{line}");
         assert!(line.contains("udp_dropped=2 udp_dropped_rate=2"), "{line}");
         assert!(!line.contains("accepted"), "{line}");
